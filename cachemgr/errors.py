@@ -1,0 +1,103 @@
+"""One exception hierarchy for the whole library, and its exit-code table.
+
+Every message is one line that names the thing that failed and the fix.
+The daemon maps the same classes to HTTP statuses in its own single table.
+"""
+
+from __future__ import annotations
+
+
+class CachemgrError(Exception):
+    """Base class: ``str(err)`` is the one-line message shown to operators."""
+
+    code = "error"
+
+
+class ConfigError(CachemgrError):
+    code = "bad_config"
+
+
+class HandleError(CachemgrError):
+    code = "bad_handle"
+
+
+class NotCachedError(CachemgrError):
+    code = "not_cached"
+
+
+class OfflineMissError(NotCachedError):
+    code = "offline_miss"
+
+
+class FetchError(CachemgrError):
+    """The upstream could not deliver (network error, HTTP error status)."""
+
+    code = "upstream_failed"
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class TruncatedDownloadError(FetchError):
+    code = "truncated_download"
+
+
+class IntegrityError(CachemgrError):
+    """Bytes did not match the hash they were promised to have."""
+
+    code = "hash_mismatch"
+
+
+class ArchiveError(CachemgrError):
+    """The archive is not an acceptable model archive."""
+
+    code = "bad_archive"
+
+
+class NotAnArchiveError(ArchiveError):
+    code = "not_an_archive"
+
+
+class UnsafeArchiveError(ArchiveError):
+    code = "unsafe_archive"
+
+
+class ArchiveLimitError(ArchiveError):
+    code = "archive_too_large"
+
+
+class CorruptArchiveError(ArchiveError):
+    code = "corrupt_archive"
+
+
+class ModelStructureError(ArchiveError):
+    code = "bad_savedmodel"
+
+
+class StoreError(CachemgrError):
+    code = "store_error"
+
+
+# The one table from exception class to process exit code (most specific class wins).
+EXIT_CODES: dict[type[BaseException], int] = {
+    CachemgrError: 1,
+    ConfigError: 3,
+    HandleError: 4,
+    NotCachedError: 5,
+    OfflineMissError: 6,
+    FetchError: 7,
+    TruncatedDownloadError: 7,
+    IntegrityError: 8,
+    ArchiveError: 9,
+    StoreError: 10,
+}
+
+
+def exit_code_for(err: BaseException) -> int:
+    """Exit code of ``err``: the entry of its nearest class in ``EXIT_CODES``."""
+    for cls in type(err).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1

@@ -1,0 +1,185 @@
+"""Settings: one frozen object, built once from defaults, config file, environment and flags.
+
+Nothing here runs at import time; callers pass the environment in explicitly.
+Precedence, lowest first: built-in defaults, /etc/cachemgr/config.toml,
+~/.config/cachemgr/config.toml (or ``--config`` / CACHEMGR_CONFIG instead of both),
+CACHEMGR_* environment variables, command-line flags.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .units import parse_duration, parse_size
+
+Mirror = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    offline: bool = False
+    mirrors: tuple[Mirror, ...] = ()
+    max_model_bytes: int = 64 * 1024**3
+    max_entries: int = 100_000
+    ca_bundle: Path | None = None
+    concurrency: int = 4
+    retries: int = 5
+    backoff: float = 0.5
+    connect_timeout: float = 30.0
+    read_timeout: float = 300.0
+    temp_grace: float = 24 * 3600.0
+    config_files: tuple[Path, ...] = field(default=())
+
+    @property
+    def view_dir(self) -> Path:
+        """The directory that TFHUB_CACHE_DIR points at."""
+        return self.home / "view"
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".cache")
+    return Path(base) / "cachemgr"
+
+
+def default_config_files(env: Mapping[str, str]) -> list[Path]:
+    user_base = env.get("XDG_CONFIG_HOME") or str(
+        Path(env.get("HOME", "~")).expanduser() / ".config"
+    )
+    return [Path("/etc/cachemgr/config.toml"), Path(user_base) / "cachemgr" / "config.toml"]
+
+
+def parse_mirrors(spec: str | Mapping[str, Any] | list[Any], source: str) -> tuple[Mirror, ...]:
+    """Mirror rules from "PREFIX=BASE ..." or a TOML table {PREFIX = BASE}."""
+    pairs: list[tuple[str, str]] = []
+    if isinstance(spec, str):
+        for item in spec.split():
+            prefix, sep, base = item.partition("=")
+            if not sep or not prefix or not base:
+                raise ConfigError(
+                    f"{source}: mirror rule {item!r} is malformed; write PREFIX=BASE, "
+                    "e.g. https://tfhub.dev/=http://mirror.internal:8470/"
+                )
+            pairs.append((prefix, base))
+    elif isinstance(spec, Mapping):
+        for prefix, base in spec.items():
+            if not isinstance(base, str) or not base:
+                raise ConfigError(f"{source}: mirror for {prefix!r} must be a URL string")
+            pairs.append((str(prefix), base))
+    else:
+        raise ConfigError(f"{source}: mirrors must be a table of PREFIX = BASE")
+    for prefix, base in pairs:
+        for url in (prefix, base):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{source}: mirror URL {url!r} must start with http:// or https://")
+    # Longest prefix first so that the most specific rule wins.
+    return tuple(sorted(pairs, key=lambda p: -len(p[0])))
+
+
+def _bool(value: Any, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{source}: {value!r} is not a boolean; use 1/0 or true/false")
+
+
+def _int(value: Any, source: str, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {value!r} is not a whole number") from None
+    if number < minimum:
+        raise ConfigError(f"{source}: {number} is below the minimum {minimum}")
+    return number
+
+
+# key -> converter(value, source); the same keys are used in TOML and (upper-cased) in env.
+def _convert(key: str, value: Any, source: str) -> Any:
+    if key == "home":
+        return Path(str(value)).expanduser()
+    if key == "offline":
+        return _bool(value, source)
+    if key == "mirrors":
+        return parse_mirrors(value, source)
+    if key == "max_model_bytes":
+        return parse_size(value, source)
+    if key in ("max_entries", "concurrency", "retries"):
+        return _int(value, source, minimum=1 if key != "retries" else 0)
+    if key == "ca_bundle":
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{source}: CA bundle {path} does not exist; fix the path")
+        return path
+    if key in ("backoff", "connect_timeout", "read_timeout", "temp_grace"):
+        return parse_duration(value, source)
+    raise ConfigError(f"{source}: unknown setting {key!r}")
+
+
+_FILE_KEYS = {
+    f.name for f in fields(Settings) if f.name not in ("config_files",)
+} | {"max_model_size"}
+_ENV_KEYS = {
+    "CACHEMGR_HOME": "home",
+    "CACHEMGR_OFFLINE": "offline",
+    "CACHEMGR_MIRRORS": "mirrors",
+    "CACHEMGR_MAX_MODEL_SIZE": "max_model_bytes",
+    "CACHEMGR_MAX_ENTRIES": "max_entries",
+    "CACHEMGR_CA_BUNDLE": "ca_bundle",
+    "CACHEMGR_CONCURRENCY": "concurrency",
+    "CACHEMGR_RETRIES": "retries",
+}
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML ({exc}); fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _FILE_KEYS:
+            known = ", ".join(sorted(_FILE_KEYS))
+            raise ConfigError(f"config file {path}: unknown key {key!r}; known keys: {known}")
+        name = "max_model_bytes" if key == "max_model_size" else key
+        values[name] = _convert(name, value, f"config file {path}, key {key!r}")
+    return values
+
+
+def load_settings(
+    env: Mapping[str, str],
+    config: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the Settings for one process run."""
+    explicit = config or (Path(env["CACHEMGR_CONFIG"]) if env.get("CACHEMGR_CONFIG") else None)
+    if explicit is not None and not explicit.is_file():
+        raise ConfigError(f"config file {explicit} does not exist; fix --config/CACHEMGR_CONFIG")
+    files = [explicit] if explicit else [p for p in default_config_files(env) if p.is_file()]
+    values: dict[str, Any] = {}
+    for path in files:
+        values.update(_read_config_file(path))
+    for var, key in _ENV_KEYS.items():
+        if env.get(var, "") != "":
+            values[key] = _convert(key, env[var], f"environment variable {var}")
+    if "ca_bundle" not in values:
+        for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+            if env.get(var):
+                values["ca_bundle"] = _convert("ca_bundle", env[var], f"environment variable {var}")
+                break
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _convert(key, value, f"option --{key.replace('_', '-')}")
+    home = values.pop("home", None) or default_home(env)
+    return replace(Settings(home=Path(home)), **values, config_files=tuple(files))

@@ -1,0 +1,1 @@
+"""cachemgr daemon (aiohttp service); filled by the daemon issue."""
