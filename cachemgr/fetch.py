@@ -107,8 +107,6 @@ class Fetcher:
                     raise retry.error from None
                 if retry.reresolve:
                     current = None
-                if info.size:
-                    info.resumes += 1
                 delay = self.settings.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
                 await asyncio.sleep(min(delay, 30.0))
         expected = md5_of(info.x_goog_hash)
@@ -188,6 +186,7 @@ class Fetcher:
     ) -> int | None:
         etag = resp.headers.get("ETag")
         if info.size:
+            info.resumes += 1
             if info.etag and etag and etag != info.etag:
                 raise FetchError(
                     f"{info.url}: upstream content changed during the download "

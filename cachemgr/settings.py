@@ -136,6 +136,7 @@ _ENV_KEYS = {
     "CACHEMGR_CA_BUNDLE": "ca_bundle",
     "CACHEMGR_CONCURRENCY": "concurrency",
     "CACHEMGR_RETRIES": "retries",
+    "CACHEMGR_BACKOFF": "backoff",
 }
 
 
