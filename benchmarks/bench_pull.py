@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,6 +73,24 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, all processes), from /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def emit(doc: dict[str, Any]) -> None:
     """Children report one JSON line on stdout, after anything else they printed."""
     sys.stdout.write("\n" + json.dumps(doc) + "\n")
@@ -92,6 +111,7 @@ def child_cachemgr(url: str, home: str) -> None:
     store = open_store(settings)
     before = proc_status_kib()
     reset = reset_peak_rss()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     puller = Puller(settings, store)
     try:
@@ -99,12 +119,14 @@ def child_cachemgr(url: str, home: str) -> None:
     finally:
         puller.close()
     seconds = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu
     after = proc_status_kib()
     result = results[0]
     if result.error is not None or result.ref is None:
         raise SystemExit(f"cachemgr pull failed: {result.error}")
     emit({
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "path": str(store.snapshot_path(result.ref.manifest)),
         "files": result.ref.files,
         "rss_before_kib": before.get("VmRSS", 0),
@@ -118,12 +140,15 @@ def child_hub(url: str) -> None:
 
     before = proc_status_kib()
     reset = reset_peak_rss()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     path = hub.resolve(url)
     seconds = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu
     after = proc_status_kib()
     emit({
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "path": str(path),
         "rss_before_kib": before.get("VmRSS", 0),
         "hwm_during_kib": after.get("VmHWM", 0) if reset else None,
@@ -174,7 +199,10 @@ class Run:
     round: int
     wall_s: float
     peak_rss_mib: float  # ru_maxrss of the whole child, from os.wait4
+    cpu_s: float  # user + system CPU of the whole child, from os.wait4
+    other_load: float  # cores busy with anything but this child and the server meanwhile
     inproc_s: float | None = None
+    inproc_cpu_s: float | None = None
     rss_before_mib: float | None = None
     peak_during_mib: float | None = None  # VmHWM during the timed call
     path: str | None = None
@@ -184,6 +212,8 @@ class Run:
 class ChildResult:
     wall_s: float
     peak_rss_mib: float
+    cpu_s: float
+    other_load: float
     stdout: str
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -200,17 +230,27 @@ def self_cmd(kind: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", kind, *args]
 
 
-def run_child(cmd: list[str], env: dict[str, str], timed: bool = True) -> ChildResult:
-    """Run ``cmd`` to completion; wall time and ru_maxrss via ``os.wait4``."""
+def run_child(
+    cmd: list[str], env: dict[str, str], timed: bool = True, server: Server | None = None
+) -> ChildResult:
+    """Run ``cmd`` to completion; wall time, CPU time and ru_maxrss via ``os.wait4``.
+
+    Also estimates the load of everything else on the machine meanwhile (host busy time from
+    /proc/stat minus this child's and the archive server's CPU), to flag noisy runs.
+    """
     if timed:
         os.sync()
     with tempfile.TemporaryFile() as err:
+        busy = host_busy_seconds()
+        served = server.cpu_seconds() if server else 0.0
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, cwd=REPO_ROOT)
         assert proc.stdout is not None
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        busy = host_busy_seconds() - busy
+        served = (server.cpu_seconds() if server else 0.0) - served
         proc.stdout.close()
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
@@ -223,7 +263,9 @@ def run_child(cmd: list[str], env: dict[str, str], timed: bool = True) -> ChildR
         if line.startswith("{"):
             report = json.loads(line)
             break
-    return ChildResult(wall, usage.ru_maxrss / 1024, text, report)
+    cpu = usage.ru_utime + usage.ru_stime
+    other = max(0.0, busy - cpu - served) / wall if wall > 0 else 0.0
+    return ChildResult(wall, usage.ru_maxrss / 1024, cpu, other, text, report)
 
 
 def child_env(extra: dict[str, str], empty_config: Path) -> dict[str, str]:
@@ -267,6 +309,15 @@ class Server:
             raise ChildError(f"archive server did not start (said {line!r})")
         self.port = int(line)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (utime + stime from /proc)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -307,7 +358,10 @@ def cachemgr_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "cachemgr"]
 
 
-def one_round(n: int, url: str, runs_dir: Path, env: dict[str, str]) -> tuple[list[Run], list[str], int]:
+def one_round(
+    n: int, url: str, runs_dir: Path, env: dict[str, str], server: Server
+) -> tuple[list[Run], list[str], int]:
+    """One pull with each of KINDS (order rotated per round), then the tree comparison."""
     homes = {kind: runs_dir / f"{kind}-{n}" for kind in KINDS}
     for path in homes.values():
         shutil.rmtree(path, ignore_errors=True)
@@ -316,24 +370,27 @@ def one_round(n: int, url: str, runs_dir: Path, env: dict[str, str]) -> tuple[li
     for kind in order:
         home = homes[kind]
         if kind == "cachemgr":
-            res = run_child(self_cmd("cachemgr", url, str(home)), env)
+            res = run_child(self_cmd("cachemgr", url, str(home)), env, server=server)
         elif kind == "hub":
             home.mkdir(parents=True)
-            res = run_child(self_cmd("hub", url), {**env, "TFHUB_CACHE_DIR": str(home)})
+            res = run_child(self_cmd("hub", url), {**env, "TFHUB_CACHE_DIR": str(home)}, server=server)
         else:
-            res = run_child([*cachemgr_cmd(), "--home", str(home), "pull", url], env)
+            res = run_child([*cachemgr_cmd(), "--home", str(home), "pull", url], env, server=server)
         rep = res.report
         hwm = rep.get("hwm_during_kib")
         run = Run(
-            kind, n, res.wall_s, res.peak_rss_mib,
+            kind, n, res.wall_s, res.peak_rss_mib, res.cpu_s, res.other_load,
             inproc_s=rep.get("seconds"),
+            inproc_cpu_s=rep.get("cpu_seconds"),
             rss_before_mib=rep["rss_before_kib"] / 1024 if "rss_before_kib" in rep else None,
             peak_during_mib=hwm / 1024 if hwm else None,
             path=rep.get("path"),
         )
         runs.append(run)
-        inproc = f"  in-process {run.inproc_s:.2f}s" if run.inproc_s is not None else ""
-        log(f"round {n} {kind:8} wall {run.wall_s:.2f}s{inproc}  peak RSS {run.peak_rss_mib:.0f} MiB")
+        inproc = (f"  in-process {run.inproc_s:.2f}s (cpu {run.inproc_cpu_s:.2f}s)"
+                  if run.inproc_s is not None and run.inproc_cpu_s is not None else "")
+        log(f"round {n} {kind:8} wall {run.wall_s:5.2f}s{inproc}  peak RSS {run.peak_rss_mib:.0f} MiB"
+            f"  other load {run.other_load:.1f} cores")
     # Correctness: the CLI's snapshot (found with `cachemgr path`) against hub's directory.
     snap = run_child([*cachemgr_cmd(), "--home", str(homes["cli"]), "path", url], env, timed=False)
     snapshot = Path(snap.stdout.strip().splitlines()[-1])
@@ -357,34 +414,42 @@ def summarize(runs: list[Run], archive_bytes: int, unpacked_bytes: int) -> dict[
     def pick(kind: str, attr: str) -> list[float]:
         return [v for r in runs if r.kind == kind and (v := getattr(r, attr)) is not None]
 
+    def growth(kind: str) -> float | None:
+        values = [r.peak_during_mib - r.rss_before_mib for r in runs if r.kind == kind
+                  and r.peak_during_mib is not None and r.rss_before_mib is not None]
+        return max(values) if values else None
+
     cm_s, hub_s = median(pick("cachemgr", "inproc_s")), median(pick("hub", "inproc_s"))
+    cm_cpu, hub_cpu = median(pick("cachemgr", "inproc_cpu_s")), median(pick("hub", "inproc_cpu_s"))
     walls = {kind: median(pick(kind, "wall_s")) for kind in KINDS}
     cm_rss = max(pick("cachemgr", "peak_rss_mib") + pick("cli", "peak_rss_mib"))
-    growth = [r.peak_during_mib - r.rss_before_mib for r in runs if r.kind == "cachemgr"
-              and r.peak_during_mib is not None and r.rss_before_mib is not None]
-    hub_growth = [r.peak_during_mib - r.rss_before_mib for r in runs if r.kind == "hub"
-                  and r.peak_during_mib is not None and r.rss_before_mib is not None]
     ratio = cm_s / hub_s
     return {
         "archive_mib": archive_bytes / MIB,
         "unpacked_mib": unpacked_bytes / MIB,
         "cachemgr_median_s": cm_s,
         "hub_median_s": hub_s,
+        "cachemgr_best_s": min(pick("cachemgr", "inproc_s")),
+        "hub_best_s": min(pick("hub", "inproc_s")),
         "cachemgr_mib_per_s": archive_bytes / MIB / cm_s,
         "hub_mib_per_s": archive_bytes / MIB / hub_s,
         "ratio": ratio,
         "ratio_target": RATIO_TARGET,
         "ratio_ok": ratio <= RATIO_TARGET,
+        "cachemgr_median_cpu_s": cm_cpu,
+        "hub_median_cpu_s": hub_cpu,
+        "cpu_ratio": cm_cpu / hub_cpu,
         "wall_median_s": {"cachemgr_child": walls["cachemgr"], "cachemgr_cli": walls["cli"],
                           "hub_child": walls["hub"]},
         "wall_ratio_cli_vs_hub": walls["cli"] / walls["hub"],
         "cachemgr_peak_rss_mib": cm_rss,
         "cachemgr_cli_peak_rss_mib": max(pick("cli", "peak_rss_mib")),
-        "cachemgr_rss_growth_mib": max(growth) if growth else None,
+        "cachemgr_rss_growth_mib": growth("cachemgr"),
         "hub_peak_rss_mib": max(pick("hub", "peak_rss_mib")),
-        "hub_rss_growth_mib": max(hub_growth) if hub_growth else None,
+        "hub_rss_growth_mib": growth("hub"),
         "rss_target_mib": RSS_TARGET_MIB,
         "rss_ok": cm_rss < RSS_TARGET_MIB,
+        "other_load_cores_max": max(r.other_load for r in runs),
     }
 
 
@@ -396,7 +461,9 @@ def print_table(s: dict[str, Any], runs: int) -> None:
     rows = [
         ("", "cachemgr", "tf_hub"),
         (f"median in-process s ({runs} runs)", fmt(s["cachemgr_median_s"]), fmt(s["hub_median_s"])),
-        ("archive MiB/s", fmt(s["cachemgr_mib_per_s"], ".0f"), fmt(s["hub_mib_per_s"], ".0f")),
+        ("best in-process s", fmt(s["cachemgr_best_s"]), fmt(s["hub_best_s"])),
+        ("archive MiB/s (median)", fmt(s["cachemgr_mib_per_s"], ".0f"), fmt(s["hub_mib_per_s"], ".0f")),
+        ("median in-process CPU s", fmt(s["cachemgr_median_cpu_s"]), fmt(s["hub_median_cpu_s"])),
         ("median whole-process wall s", f"{fmt(w['cachemgr_cli'])} (cli)", fmt(w["hub_child"])),
         ("peak RSS MiB (whole process)", fmt(s["cachemgr_peak_rss_mib"], ".0f"), fmt(s["hub_peak_rss_mib"], ".0f")),
         ("RSS growth during pull MiB", fmt(s["cachemgr_rss_growth_mib"], ".0f"),
@@ -407,10 +474,14 @@ def print_table(s: dict[str, Any], runs: int) -> None:
     for label, a, b in rows:
         print(f"{label:<{width}}  {a:>14}  {b:>10}")
     ok = "OK" if s["ratio_ok"] else "MISSED"
-    print(f"ratio cachemgr/hub (in-process medians): {s['ratio']:.2f}  (target <= {RATIO_TARGET}: {ok})")
-    print(f"ratio cachemgr cli/hub child (whole-process walls): {s['wall_ratio_cli_vs_hub']:.2f}")
+    print(f"ratio cachemgr/hub, in-process medians: {s['ratio']:.2f}  (target <= {RATIO_TARGET}: {ok})")
+    print(f"ratio cachemgr/hub, in-process CPU:     {s['cpu_ratio']:.2f}")
+    print(f"ratio cachemgr cli/hub child, walls:    {s['wall_ratio_cli_vs_hub']:.2f}  (hub's includes importing TF)")
     ok = "OK" if s["rss_ok"] else "MISSED"
     print(f"cachemgr peak RSS {s['cachemgr_peak_rss_mib']:.0f} MiB (target < {RSS_TARGET_MIB:.0f}: {ok})")
+    if s["other_load_cores_max"] > 0.25:
+        print(f"WARNING: other processes kept up to {s['other_load_cores_max']:.1f} cores busy during "
+              "timed runs; the timings are noisy (the CPU figures less so)")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -453,7 +524,7 @@ def bench(args: argparse.Namespace) -> int:
     unpacked = 0
     try:
         for n in range(args.runs):
-            runs, bad, unpacked = one_round(n, url, runs_dir, env)
+            runs, bad, unpacked = one_round(n, url, runs_dir, env, server)
             all_runs += runs
             problems += [f"round {n}: {b}" for b in bad]
     except ChildError as exc:

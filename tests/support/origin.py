@@ -887,9 +887,14 @@ class FakeOrigin:
         hold = self._take(self._holds, kind)
         limit = end - start if cut is None else min(cut.after, end - start)
         self._bump(self._started, kind)
+        if end == start:
+            self._bump(self._completed, kind)
         await resp.prepare(request)
         bps = self.throttle_bps
         chunk = CHUNK if not bps else max(1024, min(CHUNK, bps // 20))
+        # Counters move *before* the bytes go out, so a client that has read everything
+        # always sees them updated (undone if the write fails).
+        total = end - start
         sent = 0
         while True:
             if hold is not None and sent >= hold.after and not hold.event.is_set():
@@ -901,21 +906,23 @@ class FakeOrigin:
             if hold is not None and sent < hold.after:
                 n = min(n, hold.after - sent)
             data = blob.read(start + sent, n)
+            last = sent + n == total
+            self._bump(self._bytes, kind, n)
+            if last:
+                self._bump(self._completed, kind)
             try:
                 await resp.write(data)
             except ConnectionError:
-                self._bump(self._bytes, kind, sent)
+                self._bump(self._bytes, kind, -n)
+                if last:
+                    self._bump(self._completed, kind, -1)
                 return resp
             sent += n
             if bps:
                 await asyncio.sleep(n / bps)
-        self._bump(self._bytes, kind, sent)
-        if sent < end - start:
+        if sent < total and request.transport is not None:
             # Truncated: flush what was written, then close the connection.
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-        self._bump(self._completed, kind)
+            request.transport.close()
         return resp
 
     def _add_hash_headers(self, resp: web.StreamResponse, values: list[str]) -> None:
