@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Cli
 from tests.support.archives import html_error_page
 from tests.support.origin import FakeOrigin
@@ -178,7 +180,7 @@ def test_failed_pull_keeps_existing_models(cli: Cli, origin: FakeOrigin, home: P
     before = store_state(home)
     origin.truncate("gcs", after_bytes=100, times=None)
     r = cli("pull", TFHUB)
-    assert r.code == 7 and "truncated" in r.err or "broke off" in r.err
+    assert r.code == 7 and ("truncated" in r.err or "broke off" in r.err)
     assert_clean(home, before)
     assert cli("path", "https://tfhub.dev/google/text-embed/1").code == 0
 
@@ -222,3 +224,52 @@ def test_one_bad_handle_among_good_ones(cli: Cli) -> None:
     results = json.loads(r.out)["results"]
     assert results[0]["status"] == "pulled"
     assert results[1]["error"]["type"] == "bad_handle"
+
+
+def test_pulls_run_concurrently(cli: Cli, origin: FakeOrigin, home: Path) -> None:
+    """While the first transfer is held mid-body, the other two still complete."""
+    import subprocess
+    import sys
+    import time
+
+    release = origin.hold("gcs", after_bytes=100, times=1)
+    env = {**cli.env, "CACHEMGR_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachemgr", "pull", TFHUB, "https://tfhub.dev/google/text-embed/1",
+         "https://tfhub.dev/google/text-embed/2"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while origin.completed("gcs") < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    done_while_held = origin.completed("gcs")
+    release.set()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert done_while_held == 2
+    assert origin.completed("gcs") == 3
+
+
+def test_connection_drops_are_retried(cli: Cli, origin: FakeOrigin) -> None:
+    origin.fail("kaggle", 0, times=2)  # status 0: the connection is closed without an answer
+    r = cli("pull", TFHUB)
+    assert r.code == 0, r.err
+    assert [q.status for q in origin.requests_of("kaggle")] == [0, 0, 302]
+
+
+def test_down_origin_fails_cleanly(cli: Cli, origin: FakeOrigin, home: Path) -> None:
+    origin.down = True
+    r = cli("pull", TFHUB)
+    assert r.code == 7 and ("cannot connect" in r.err or "HTTP" in r.err)
+    assert os.listdir(home / "refs") == [] and os.listdir(home / "tmp") == []
+
+
+@pytest.mark.parametrize("form", [
+    "google/mymul/tensorFlow2/mymul/1", KAGGLE_SHORT, KAGGLE_LONG + "/",
+])
+def test_pull_by_kaggle_forms(cli: Cli, origin: FakeOrigin, home: Path, form: str) -> None:
+    r = cli("pull", form, "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)["results"][0]
+    assert doc["canonical"] == KAGGLE_SHORT
+    assert origin.requests_of("tfhub") == [] and origin.completed("gcs") == 1
+    for alias in (KAGGLE_SHORT, KAGGLE_LONG, KAGGLE_SHORT + "/"):
+        assert (home / "view" / sha1(alias) / "saved_model.pb").is_file()
