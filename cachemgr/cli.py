@@ -3,49 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import CachemgrError, exit_code_for
-from .output import emit_json, fail, table
+from .cliutil import Ctx, json_option, pass_ctx, run_reporting
+from .errors import exit_code_for
+from .output import emit_json, table
 from .progress import Bars
 from .pull import Puller, add_local, open_store
 from .refs import Ref, RefIndex
-from .settings import Settings, load_settings
 from .store import Store
 from .units import format_size
-
-
-@dataclass
-class Ctx:
-    config: Path | None
-    overrides: dict[str, Any]
-    _settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(os.environ, self.config, self.overrides)
-        return self._settings
-
-
-pass_ctx = click.make_pass_decorator(Ctx)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _run(as_json: bool, fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except CachemgrError as err:
-        fail(err, as_json)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,7 +70,7 @@ def pull(c: Ctx, handles: tuple[str, ...], refresh: bool, as_json: bool) -> None
             assert failures[0].error is not None
             sys.exit(exit_code_for(failures[0].error))
 
-    _run(as_json, go)
+    run_reporting(as_json, go)
 
 
 @cli.command()
@@ -116,7 +90,7 @@ def add(c: Ctx, handle: str, path: Path, as_json: bool) -> None:
             click.echo(f"added    {handle}  sha256:{result.ref.manifest[:12]}  "
                        f"{format_size(result.ref.size)}  {result.ref.files} files")
 
-    _run(as_json, go)
+    run_reporting(as_json, go)
 
 
 @cli.command()
@@ -135,7 +109,7 @@ def env(c: Ctx, shell: str) -> None:
         click.echo("export TF_USE_LEGACY_KERAS=1" if shell == "sh" else
                    "set -gx TF_USE_LEGACY_KERAS 1;")
 
-    _run(False, go)
+    run_reporting(False, go)
 
 
 def _existing_store(c: Ctx) -> Store:
@@ -161,7 +135,7 @@ def ls_cmd(c: Ctx, as_json: bool) -> None:
                 for r in refs]
         click.echo(table(rows, ["HANDLE", "DIGEST", "SIZE", "ALIASES"]))
 
-    _run(as_json, go)
+    run_reporting(as_json, go)
 
 
 @cli.command()
@@ -186,7 +160,7 @@ def info(c: Ctx, handle: str, as_json: bool) -> None:
         for alias in ref.aliases:
             click.echo(f"  {alias}")
 
-    _run(as_json, go)
+    run_reporting(as_json, go)
 
 
 @cli.command()
@@ -205,8 +179,18 @@ def path(c: Ctx, handle: str, as_json: bool) -> None:
         else:
             click.echo(str(snap))
 
-    _run(as_json, go)
+    run_reporting(as_json, go)
+
+
+# Modules that contribute more commands; each exposes COMMANDS (a list of click commands).
+COMMAND_MODULES: tuple[Any, ...] = ()
 
 
 def main() -> None:
     cli(prog_name="cachemgr")
+
+
+# Command groups that live in their own modules (one job each).
+for _module in COMMAND_MODULES:
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)

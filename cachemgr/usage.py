@@ -1,0 +1,68 @@
+"""Last-use records, kept by cachemgr itself (atime is useless on noatime and NFS mounts).
+
+``uses/<sha1(alias)>.<host>`` is an empty file whose mtime is the last time a process on
+``host`` used the model under that alias. One file per host means concurrent writers on
+many hosts never contend; a reader takes the newest mtime over all hosts and aliases.
+Recording is one ``utime`` call (a create the first time), cheap enough for the shim's hit path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+from .view import hub_key
+
+_HOST = socket.gethostname().replace(".", "_").replace("/", "_") or "host"
+
+
+def uses_dir(home: Path) -> Path:
+    return home / "uses"
+
+
+def record_use(home: Path, view_name: str, when: float | None = None) -> None:
+    """Mark the model at ``view/<view_name>`` (a sha1 of an alias) as used now (or ``when``)."""
+    path = uses_dir(home) / f"{view_name}.{_HOST}"
+    times = None if when is None else (when, when)
+    try:
+        os.utime(path, times)
+    except FileNotFoundError:
+        try:
+            path.parent.mkdir(exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+            os.utime(path, times)
+        except OSError:
+            pass  # recording use must never break loading a model
+    except OSError:
+        pass
+
+
+def record_handle_use(home: Path, alias: str, when: float | None = None) -> None:
+    record_use(home, hub_key(alias), when)
+
+
+def last_uses(home: Path) -> dict[str, float]:
+    """sha1(alias) -> newest use time over every host (one directory scan)."""
+    out: dict[str, float] = {}
+    try:
+        entries = os.scandir(uses_dir(home))
+    except FileNotFoundError:
+        return out
+    with entries:
+        for entry in entries:
+            name = entry.name.split(".", 1)[0]
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if mtime > out.get(name, 0.0):
+                out[name] = mtime
+    return out
+
+
+def last_use_of(aliases: Iterable[str], uses: dict[str, float]) -> float | None:
+    """The newest use of a model over all its aliases, or None if never used."""
+    times = [uses[k] for k in (hub_key(a) for a in aliases) if k in uses]
+    return max(times) if times else None
