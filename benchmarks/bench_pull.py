@@ -17,6 +17,9 @@ importing TensorFlow) and its peak RSS is read from ``os.wait4``. The children a
 the peak RSS *during* the timed call (VmHWM reset through ``/proc/self/clear_refs``, minus
 VmRSS before it). ``sync`` runs before each timed child. After each round the file list and
 sizes of the cachemgr snapshot (``cachemgr path``) are compared with hub's extracted dir.
+Children also report the CPU time of the timed call, and each run records how many cores
+other processes kept busy meanwhile (``/proc/stat``); before each run the script waits a
+little for an idle machine (``--quiet-wait``), as other load skews the threaded cachemgr most.
 
 Exit status: 0 when every pull succeeded and the trees matched (targets are only reported),
 1 on a mismatch, 2 when a child failed.
@@ -44,6 +47,7 @@ URL_PATH = "bench/big/1"
 RATIO_TARGET = 0.9
 RSS_TARGET_MIB = 200.0
 KINDS = ("cachemgr", "hub", "cli")
+QUIET_CORES = 0.2
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,6 +205,7 @@ class Run:
     peak_rss_mib: float  # ru_maxrss of the whole child, from os.wait4
     cpu_s: float  # user + system CPU of the whole child, from os.wait4
     other_load: float  # cores busy with anything but this child and the server meanwhile
+    quiet_start: bool  # the machine was idle when the run started (see QuietGate)
     inproc_s: float | None = None
     inproc_cpu_s: float | None = None
     rss_before_mib: float | None = None
@@ -295,6 +300,32 @@ def ensure_archive(workdir: Path, size_mb: int, rebuild: bool, env: dict[str, st
     return root, archive
 
 
+class QuietGate:
+    """Before each timed run, wait until the machine is idle (others' load is noise).
+
+    Waits for two consecutive 0.5 s windows with under ``QUIET_CORES`` cores busy, spending
+    at most ``budget`` seconds over the whole benchmark; after that runs start regardless.
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.remaining = budget
+        self.waited = 0.0
+
+    def wait(self) -> bool:
+        quiet_windows = 0
+        while True:
+            if self.remaining <= 0:
+                return False
+            start, busy = time.perf_counter(), host_busy_seconds()
+            time.sleep(0.5)
+            elapsed = time.perf_counter() - start
+            self.remaining -= elapsed
+            self.waited += elapsed
+            quiet_windows = quiet_windows + 1 if (host_busy_seconds() - busy) / elapsed < QUIET_CORES else 0
+            if quiet_windows >= 2:
+                return True
+
+
 class Server:
     """The archive server, a separate process on 127.0.0.1."""
 
@@ -359,7 +390,7 @@ def cachemgr_cmd() -> list[str]:
 
 
 def one_round(
-    n: int, url: str, runs_dir: Path, env: dict[str, str], server: Server
+    n: int, url: str, runs_dir: Path, env: dict[str, str], server: Server, gate: QuietGate
 ) -> tuple[list[Run], list[str], int]:
     """One pull with each of KINDS (order rotated per round), then the tree comparison."""
     homes = {kind: runs_dir / f"{kind}-{n}" for kind in KINDS}
@@ -369,6 +400,8 @@ def one_round(
     runs: list[Run] = []
     for kind in order:
         home = homes[kind]
+        os.sync()
+        quiet = gate.wait()
         if kind == "cachemgr":
             res = run_child(self_cmd("cachemgr", url, str(home)), env, server=server)
         elif kind == "hub":
@@ -379,7 +412,7 @@ def one_round(
         rep = res.report
         hwm = rep.get("hwm_during_kib")
         run = Run(
-            kind, n, res.wall_s, res.peak_rss_mib, res.cpu_s, res.other_load,
+            kind, n, res.wall_s, res.peak_rss_mib, res.cpu_s, res.other_load, quiet,
             inproc_s=rep.get("seconds"),
             inproc_cpu_s=rep.get("cpu_seconds"),
             rss_before_mib=rep["rss_before_kib"] / 1024 if "rss_before_kib" in rep else None,
@@ -450,6 +483,7 @@ def summarize(runs: list[Run], archive_bytes: int, unpacked_bytes: int) -> dict[
         "rss_target_mib": RSS_TARGET_MIB,
         "rss_ok": cm_rss < RSS_TARGET_MIB,
         "other_load_cores_max": max(r.other_load for r in runs),
+        "runs_started_busy": sum(not r.quiet_start for r in runs),
     }
 
 
@@ -479,9 +513,10 @@ def print_table(s: dict[str, Any], runs: int) -> None:
     print(f"ratio cachemgr cli/hub child, walls:    {s['wall_ratio_cli_vs_hub']:.2f}  (hub's includes importing TF)")
     ok = "OK" if s["rss_ok"] else "MISSED"
     print(f"cachemgr peak RSS {s['cachemgr_peak_rss_mib']:.0f} MiB (target < {RSS_TARGET_MIB:.0f}: {ok})")
-    if s["other_load_cores_max"] > 0.25:
+    if s["other_load_cores_max"] > 0.25 or s["runs_started_busy"]:
         print(f"WARNING: other processes kept up to {s['other_load_cores_max']:.1f} cores busy during "
-              "timed runs; the timings are noisy (the CPU figures less so)")
+              "timed runs; the timings are noisy (the CPU figures less so)"
+              f"; {s['runs_started_busy']} runs started on a busy machine")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -492,6 +527,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cachemgr-bench"),
                    help="where the built archive is cached and the runs write")
     p.add_argument("--rebuild", action="store_true", help="build the model archive again")
+    p.add_argument("--quiet-wait", type=float, default=45.0, metavar="SECONDS",
+                   help="total time to spend waiting for an idle machine before runs (0: never wait)")
     args = p.parse_args(argv)
     if args.size_mb < 1 or args.runs < 1:
         p.error("--size-mb and --runs must be at least 1")
@@ -516,7 +553,12 @@ def bench(args: argparse.Namespace) -> int:
     runs_dir = workdir / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)
     runs_dir.mkdir()
-    server = Server(root, env)
+    try:
+        server = Server(root, env)
+    except ChildError as exc:
+        log(str(exc))
+        return 2
+    gate = QuietGate(args.quiet_wait)
     url = f"http://127.0.0.1:{server.port}/{URL_PATH}"
     log(f"serving {archive} ({archive_bytes / MIB:.1f} MiB) at {url}")
     all_runs: list[Run] = []
@@ -524,7 +566,7 @@ def bench(args: argparse.Namespace) -> int:
     unpacked = 0
     try:
         for n in range(args.runs):
-            runs, bad, unpacked = one_round(n, url, runs_dir, env, server)
+            runs, bad, unpacked = one_round(n, url, runs_dir, env, server, gate)
             all_runs += runs
             problems += [f"round {n}: {b}" for b in bad]
     except ChildError as exc:
@@ -535,6 +577,7 @@ def bench(args: argparse.Namespace) -> int:
         shutil.rmtree(runs_dir, ignore_errors=True)
     summary = summarize(all_runs, archive_bytes, unpacked)
     summary["trees_match"] = not problems
+    summary["quiet_wait_s"] = gate.waited
     if args.json:
         doc = {
             "config": {"size_mb": args.size_mb, "runs": args.runs, "workdir": str(workdir),

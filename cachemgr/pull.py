@@ -19,6 +19,7 @@ from .progress import Bars
 from .refs import Ref, RefIndex
 from .settings import Settings
 from .store import Store
+from .upstream import fetch_from_upstreams
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,10 @@ class Puller:
             if existing is not None:
                 return PullResult(text, "present", relink(self.store, existing, handle))
             raise offline_miss(text)
+        if self.settings.upstreams:
+            ref = await fetch_from_upstreams(self.settings, self.store, session, handle)
+            if ref is not None:
+                return PullResult(text, "pulled", ref)
         return await self._download(handle, session)
 
     async def _download(self, handle: Handle, session: Any) -> PullResult:

@@ -34,12 +34,32 @@ class Settings:
     connect_timeout: float = 30.0
     read_timeout: float = 300.0
     temp_grace: float = 24 * 3600.0
+    # daemon
+    socket: Path | None = None
+    listen: tuple[str, ...] = ()
+    token: str | None = None
+    upstreams: tuple[str, ...] = ()
+    prefetch_file: Path | None = None
+    max_body: int = 1024 * 1024
     config_files: tuple[Path, ...] = field(default=())
 
     @property
     def view_dir(self) -> Path:
         """The directory that TFHUB_CACHE_DIR points at."""
         return self.home / "view"
+
+    @property
+    def prefetch_path(self) -> Path:
+        return self.prefetch_file or self.home / "prefetch.toml"
+
+
+def default_socket(env: Mapping[str, str]) -> Path:
+    """$CACHEMGR_SOCKET, else $XDG_RUNTIME_DIR/cachemgr.sock, else the system socket."""
+    if env.get("CACHEMGR_SOCKET"):
+        return Path(env["CACHEMGR_SOCKET"])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "cachemgr.sock"
+    return Path("/run/cachemgr/cachemgr.sock")
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -121,6 +141,24 @@ def _convert(key: str, value: Any, source: str) -> Any:
         return path
     if key in ("backoff", "connect_timeout", "read_timeout", "temp_grace"):
         return parse_duration(value, source)
+    if key in ("socket", "prefetch_file"):
+        return Path(str(value)).expanduser()
+    if key == "listen":
+        return _listen(value, source)
+    if key == "token":
+        if not isinstance(value, str) or len(value) < 8:
+            raise ConfigError(f"{source}: token must be a string of at least 8 characters")
+        return value
+    if key == "upstreams":
+        items = value.split() if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(u, str) for u in items):
+            raise ConfigError(f"{source}: upstreams must be a list of URLs")
+        for url in items:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{source}: upstream {url!r} must start with http:// or https://")
+        return tuple(u.rstrip("/") for u in items)
+    if key == "max_body":
+        return parse_size(value, source)
     raise ConfigError(f"{source}: unknown setting {key!r}")
 
 
@@ -137,7 +175,23 @@ _ENV_KEYS = {
     "CACHEMGR_CONCURRENCY": "concurrency",
     "CACHEMGR_RETRIES": "retries",
     "CACHEMGR_BACKOFF": "backoff",
+    "CACHEMGR_SOCKET": "socket",
+    "CACHEMGR_LISTEN": "listen",
+    "CACHEMGR_TOKEN": "token",
+    "CACHEMGR_UPSTREAMS": "upstreams",
+    "CACHEMGR_PREFETCH_FILE": "prefetch_file",
 }
+
+
+def _listen(value: Any, source: str) -> tuple[str, ...]:
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{source}: listen must be HOST:PORT or a list of them")
+    for item in items:
+        host, sep, port = str(item).rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"{source}: listen address {item!r} must be HOST:PORT, e.g. 127.0.0.1:8470")
+    return tuple(str(i) for i in items)
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -183,4 +237,5 @@ def load_settings(
         if value is not None:
             values[key] = _convert(key, value, f"option --{key.replace('_', '-')}")
     home = values.pop("home", None) or default_home(env)
+    values.setdefault("socket", default_socket(env))
     return replace(Settings(home=Path(home)), **values, config_files=tuple(files))

@@ -1,1 +1,1 @@
-"""cachemgr daemon (aiohttp service); filled by the daemon issue."""
+"""cachemgrd: the cachemgr daemon (aiohttp service). Depends on the library, never the reverse."""

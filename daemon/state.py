@@ -1,0 +1,129 @@
+"""The daemon's state: settings, store, single-flight resolves, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from cachemgr.catalog import relink
+from cachemgr.errors import CachemgrError
+from cachemgr.fetch import make_session
+from cachemgr.handles import parse_handle
+from cachemgr.pull import Puller, PullResult, offline_miss, open_store
+from cachemgr.refs import Ref, RefIndex
+from cachemgr.settings import Settings, load_settings
+from cachemgr.usage import record_handle_use
+from cachemgr.view import hub_key
+
+from .metrics import Metrics
+
+log = logging.getLogger("cachemgrd")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    ref: Ref
+    asked: str
+    view: str
+    path: str
+    fetched: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"handle": self.asked, "canonical": self.ref.handle, "manifest": self.ref.manifest,
+                "path": self.path, "view": self.view, "fetched": self.fetched}
+
+
+class DaemonState:
+    def __init__(self, settings: Settings, env: Mapping[str, str], config_arg: Any = None) -> None:
+        self.env = dict(env)
+        self.config_arg = config_arg
+        self.settings = settings
+        self.store = open_store(settings)
+        self.index = RefIndex(self.store)
+        self.metrics = Metrics()
+        self.inflight: dict[str, asyncio.Task[PullResult]] = {}
+        self.puller = Puller(settings, self.store)
+        self.session: aiohttp.ClientSession | None = None
+        self.started = time.time()
+        self.background: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.session = make_session(self.settings)
+
+    async def close(self) -> None:
+        tasks = list(self.inflight.values()) + list(self.background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+        self.puller.close()
+
+    def reload(self, overrides: Mapping[str, Any]) -> Settings:
+        """Re-read config and environment (SIGHUP). Raises ConfigError and keeps the old ones."""
+        settings = load_settings(self.env, self.config_arg, overrides)
+        old = self.puller
+        self.settings = settings
+        self.puller = Puller(settings, self.store)
+        old.pool.shutdown(wait=False)
+        log.info("configuration reloaded from %s", [str(p) for p in settings.config_files] or "defaults")
+        return settings
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def resolve(self, text: str) -> Resolved:
+        """The model for ``text``, fetching it once however many callers ask at once."""
+        handle = parse_handle(text)
+        ref = self.index.lookup(text)
+        fetched = False
+        if ref is None:
+            if self.settings.offline:
+                raise offline_miss(text)
+            key = handle.canonical
+            task = self.inflight.get(key)
+            self.metrics.misses += 1
+            if task is None:
+                self.metrics.fetches += 1
+                task = asyncio.ensure_future(self._fetch(text))
+                self.inflight[key] = task
+                task.add_done_callback(self._forget(key))
+            result = await asyncio.shield(task)
+            if result.error is not None:
+                raise result.error
+            assert result.ref is not None
+            ref = result.ref
+            fetched = True
+        else:
+            self.metrics.hits += 1
+        view_name = hub_key(text)
+        if not os.path.lexists(self.store.view / view_name) or text not in ref.aliases:
+            ref = relink(self.store, ref, handle)
+        record_handle_use(self.store.home, text)
+        return Resolved(ref, text, str(self.store.view / view_name),
+                        str(self.store.snapshot_path(ref.manifest)), fetched)
+
+    def _forget(self, key: str) -> Any:
+        def done(_task: asyncio.Task[PullResult]) -> None:
+            self.inflight.pop(key, None)
+
+        return done
+
+    async def _fetch(self, text: str) -> PullResult:
+        try:
+            result = await self.puller.pull_one(text, self.session)
+        except CachemgrError as err:
+            return PullResult(text, "failed", error=err)
+        if result.ref is not None and result.ref.archive_size:
+            self.metrics.upstream_bytes += result.ref.archive_size
+        return result

@@ -1,0 +1,79 @@
+"""Running real daemon subprocesses for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cachemgr.client import call
+from tests.conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, home: Path, env: dict[str, str], *args: str, sock: Path | None = None,
+                 listen: str | None = None) -> None:
+        self.home = home
+        self.sock = sock or home.parent / f"d-{home.name}.sock"
+        self.listen = listen
+        self.ready = home.parent / f"ready-{home.name}-{time.monotonic_ns()}"
+        self.env = {**env, "CACHEMGR_HOME": str(home)}
+        cmd = [sys.executable, "-m", "cachemgr", *args, "daemon", "--socket", str(self.sock),
+               "--ready-file", str(self.ready)]
+        if listen:
+            cmd += ["--listen", listen]
+        self.log = home.parent / f"daemon-{home.name}.log"
+        self._log_fh = self.log.open("wb")
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=self._log_fh, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 30) -> Daemon:
+        deadline = time.time() + timeout
+        while not self.ready.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log.read_text()}")
+            if time.time() > deadline:
+                raise AssertionError(f"daemon not ready: {self.log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def base(self) -> str:
+        assert self.listen
+        return f"http://{self.listen}"
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        return call(str(self.sock), method, path, body, timeout=120)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_fh.close()
+        return int(self.proc.returncode)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
