@@ -66,7 +66,11 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     app = create_app(state)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
     await runner.setup()
-    where = await _bind(runner, settings, env)
+    try:
+        where = await _bind(runner, settings, env)
+    except BaseException:
+        await runner.cleanup()
+        raise
     watcher = Watcher(state)
     watcher.start()
     loop = asyncio.get_running_loop()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Mapping
+
+from cachemgr.errors import ConfigError
 
 SD_LISTEN_FDS_START = 3
 
@@ -44,6 +47,11 @@ def listen_sockets(env: Mapping[str, str]) -> list[socket.socket]:
     count = int(env.get("LISTEN_FDS", "0") or 0)
     out = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise OSError(f"fd {fd} is not a socket")
+        except OSError as exc:
+            raise ConfigError(f"socket activation: LISTEN_FDS={count} but {exc}; check the .socket unit") from None
         os.set_inheritable(fd, False)
         out.append(socket.socket(fileno=fd))
     return out
