@@ -159,16 +159,27 @@ def test_mirror_serves_plain_hub_and_feeds_a_second_daemon(cli: Cli, origin: Fak
 
 def test_adopts_directories_plain_hub_downloaded(cli: Cli, origin: FakeOrigin, home: Path,
                                                  daemons: list[Daemon]) -> None:
-    d = start(daemons, cli, home)
+    import hashlib
+
+    assert cli("pull", TFHUB).code == 0  # the store has the model; plain hub fetches a copy from elsewhere
     url = origin.hosting_url("google", "mymul", 1)
-    out, _ = run_job("plain", url, env={"TFHUB_CACHE_DIR": str(home / "view")})  # no shim: hub writes
-    assert out["call"] == [6.0]
-    entry = home / "view" / __import__("hashlib").sha1(url.encode()).hexdigest()
+    out, _ = run_job("plain", url, url, env={"TFHUB_CACHE_DIR": str(home / "view")})  # no shim, no daemon
+    entry = home / "view" / hashlib.sha1(url.encode()).hexdigest()
+    assert entry.is_dir() and not entry.is_symlink()
+    reader = (entry / "saved_model.pb").open("rb")  # a reader with a file open across the adoption
+    original = (entry / "saved_model.pb").read_bytes()
+    blobs_before = sum(1 for _ in (home / "blobs").rglob("*") if _.is_file())
+    d = start(daemons, cli, home)
     assert wait_for(lambda: entry.is_symlink(), 30), d.output()
-    assert (entry / "saved_model.pb").is_file()
-    assert cli("path", url).code == 0
+    assert reader.read() == original
+    reader.close()
+    assert (entry / "saved_model.pb").read_bytes() == original
     info = json.loads(cli("info", url, "--json").out)
-    assert info["source"] == "adopted"
+    assert info["source"] == "adopted" and cli("path", url + "/").code == 0
+    blobs_after = sum(1 for _ in (home / "blobs").rglob("*") if _.is_file())
+    assert blobs_after - blobs_before < info["files"], "adoption did not deduplicate shared files"
+    out, _ = run_job("plain", url, url, env={"TFHUB_CACHE_DIR": str(home / "view")})
+    assert origin.completed("hosting") == 1, "hub downloaded again after adoption"
 
 
 def test_cleans_stale_hub_locks(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
