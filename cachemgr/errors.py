@@ -95,9 +95,14 @@ EXIT_CODES: dict[type[BaseException], int] = {
 }
 
 
+def most_specific(table: dict[type[BaseException], int], err: BaseException, default: int) -> int:
+    """The entry of ``err``'s nearest class in ``table`` (exit codes, HTTP statuses)."""
+    for cls in type(err).__mro__:
+        if cls in table:
+            return table[cls]
+    return default
+
+
 def exit_code_for(err: BaseException) -> int:
     """Exit code of ``err``: the entry of its nearest class in ``EXIT_CODES``."""
-    for cls in type(err).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1
+    return most_specific(EXIT_CODES, err, 1)

@@ -16,6 +16,7 @@ from cachemgr.errors import (
     NotCachedError,
     OfflineMissError,
     StoreError,
+    most_specific,
 )
 
 HTTP_STATUS: dict[type[BaseException], int] = {
@@ -32,10 +33,7 @@ HTTP_STATUS: dict[type[BaseException], int] = {
 
 
 def status_for(err: BaseException) -> int:
-    for cls in type(err).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
+    return most_specific(HTTP_STATUS, err, 500)
 
 
 def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
