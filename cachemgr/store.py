@@ -105,10 +105,14 @@ class Store:
             staged.unlink()
             link_or_copy(blob, staged)
         except OSError:
-            # Another file system or no hard links: copy to a temp, rename in.
-            tmp = self.tmp / unique_name("b")
-            link_or_copy(staged, tmp)
-            os.replace(tmp, blob)
+            # blobs/ on another file system, or no hard links: copy beside the blob, rename in.
+            tmp = blob.parent / f".{unique_name('b')}"
+            try:
+                link_or_copy(staged, tmp)
+                os.replace(tmp, blob)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
 
     def iter_blobs(self) -> Iterator[str]:
         for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:

@@ -140,3 +140,30 @@ def test_add_refuses_symlink_in_directory(cli: Cli, models: Models, tmp_path: Pa
 def test_add_missing_path(cli: Cli, tmp_path: Path) -> None:
     r = cli("add", HANDLE, str(tmp_path / "nope.tar.gz"))
     assert r.code == 10 and "does not exist" in r.err
+
+
+def test_blobs_on_another_filesystem_fall_back_to_copies(cli: Cli, archives: Archives, tmp_path: Path) -> None:
+    """blobs/ on tmpfs (/dev/shm), the rest on disk: hard links fail with EXDEV, copies are used."""
+    import shutil
+    import tempfile
+
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev, "needs /dev/shm as tmpfs"
+    blobs = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        (cli.home / "blobs").mkdir(parents=True)
+        os.symlink(blobs, cli.home / "blobs" / "sha256")
+        src = tmp_path / "m.tar.gz"
+        src.write_bytes(archives.text_v1)
+        r = cli("add", HANDLE, str(src), "--json")
+        assert r.code == 0, r.err
+        snap = Path(cli("path", HANDLE).out.strip())
+        vocab = snap / "assets" / "vocab.txt"
+        digest = next(f[3] for f in json.loads((cli.home / "manifests" / "sha256" / (
+            json.loads(r.out)["manifest"] + ".json")).read_text())["files"] if f[0] == "assets/vocab.txt")
+        blob = blobs / digest[:2] / digest
+        assert blob.read_bytes() == vocab.read_bytes()
+        assert not os.path.samestat(os.stat(blob), os.stat(vocab))  # a copy, not a link
+        assert not [p for p in blobs.rglob(".*")], "temp copies left beside the blobs"
+    finally:
+        shutil.rmtree(blobs, ignore_errors=True)
