@@ -20,11 +20,15 @@ class _Silent:
 
 class _Tqdm:
     def __init__(self, label: str, position: int) -> None:
+        import shutil
+
         from tqdm import tqdm
 
+        # A pty with no size (CI logs, `script`) reports 0x0, which hides tqdm's bars: use 100x24.
+        size = shutil.get_terminal_size((100, 24))
         self._bar: Any = tqdm(
             desc=label[-48:], unit="B", unit_scale=True, unit_divisor=1024,
-            position=position, leave=True, dynamic_ncols=True,
+            position=position, leave=True, ncols=size.columns or 100, nrows=size.lines or 24,
         )
 
     def update_to(self, done: int, total: int | None) -> None:

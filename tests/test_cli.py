@@ -58,3 +58,18 @@ def test_newer_store_format_is_refused(cli: Cli, home: Path) -> None:
     assert r.code == 10 and "newer than this cachemgr" in r.err and "upgrade" in r.err
     r = cli("pull", TFHUB)
     assert r.code == 10
+
+
+def test_progress_bar_on_a_tty_and_not_otherwise(cli: Cli, home: Path) -> None:
+    import shutil
+    import subprocess
+
+    script = shutil.which("script")
+    assert script, "script(1) from util-linux/bsdutils is required"
+    env = {**cli.env, "CACHEMGR_HOME": str(home)}
+    cmd = f"{shlex.quote(__import__('sys').executable)} -m cachemgr pull {TFHUB}"
+    tty = subprocess.run([script, "-qec", cmd, "/dev/null"], env=env, capture_output=True, text=True, timeout=120)
+    assert tty.returncode == 0, tty.stdout
+    assert "100%|" in tty.stdout and "/s]" in tty.stdout, tty.stdout[-500:]
+    piped = cli("pull", "https://tfhub.dev/google/text-embed/1")
+    assert piped.code == 0 and "%|" not in piped.err
