@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -18,7 +19,7 @@ from cachemgr.handles import parse_handle
 from cachemgr.refs import Ref
 
 from .httperrors import error_response, plain_error
-from .metrics import render, store_totals
+from .metrics import render
 from .state import DaemonState
 from .tarstream import gzip_chunks, tar_chunks, tar_size
 
@@ -77,7 +78,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    store_bytes, entries = store_totals(state.store.home)
+    store_bytes, entries = state.store_totals()
     m = state.metrics
     return web.json_response({
         "version": __version__, "pid": __import__("os").getpid(), "home": str(state.store.home),
@@ -150,7 +151,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    store_bytes, entries = store_totals(state.store.home)
+    store_bytes, entries = state.store_totals()
     text = render(state.metrics, len(state.inflight), store_bytes, entries)
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
@@ -203,7 +204,9 @@ async def hosting(request: web.Request) -> web.StreamResponse:
     if not gz:
         resp.content_length = tar_size(manifest)
     await resp.prepare(request)
-    for chunk in gzip_chunks(chunks) if gz else chunks:
+    source = gzip_chunks(chunks) if gz else chunks
+    loop = asyncio.get_running_loop()
+    while (chunk := await loop.run_in_executor(None, next, source, None)) is not None:  # disk reads off the loop
         await resp.write(chunk)
     await resp.write_eof()
     return resp

@@ -22,7 +22,7 @@ from cachemgr.settings import Settings, load_settings
 from cachemgr.usage import record_handle_use
 from cachemgr.view import hub_key
 
-from .metrics import Metrics
+from .metrics import Metrics, store_totals
 
 log = logging.getLogger("cachemgrd")
 
@@ -53,6 +53,14 @@ class DaemonState:
         self.session: aiohttp.ClientSession | None = None
         self.started = time.time()
         self.background: set[asyncio.Task[Any]] = set()
+        self._totals: tuple[float, tuple[int, int]] = (0.0, (0, 0))
+
+    def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
+        """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent)."""
+        now = time.monotonic()
+        if now - self._totals[0] > max_age:
+            self._totals = (now, store_totals(self.store.home))
+        return self._totals[1]
 
     async def start(self) -> None:
         self.session = make_session(self.settings)
