@@ -183,7 +183,7 @@ def path(c: Ctx, handle: str, as_json: bool) -> None:
 
 
 # Modules that contribute more commands; each exposes COMMANDS (a list of click commands).
-COMMAND_MODULES: tuple[Any, ...] = ()
+COMMAND_MODULES: tuple[Any, ...] = (__import__("cachemgr.cli_bundle", fromlist=["COMMANDS"]),)
 
 
 def main() -> None:

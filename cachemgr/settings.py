@@ -34,6 +34,8 @@ class Settings:
     connect_timeout: float = 30.0
     read_timeout: float = 300.0
     temp_grace: float = 24 * 3600.0
+    # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
+    trusted_keys: tuple[str, ...] = ()
     config_files: tuple[Path, ...] = field(default=())
 
     @property
@@ -121,7 +123,23 @@ def _convert(key: str, value: Any, source: str) -> Any:
         return path
     if key in ("backoff", "connect_timeout", "read_timeout", "temp_grace"):
         return parse_duration(value, source)
+    if key == "trusted_keys":
+        return _trusted_keys(value, source)
     raise ConfigError(f"{source}: unknown setting {key!r}")
+
+
+def _trusted_keys(value: Any, source: str) -> tuple[str, ...]:
+    """Public keys from a list of key lines or .pub files (TOML), or "FILE:FILE" (environment)."""
+    from .signing import read_public_keys  # deferred: keeps settings light
+
+    items = value.split(":") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: trusted_keys must be a list of public keys or .pub files")
+    keys: list[str] = []
+    for item in items:
+        if isinstance(item, str) and item.strip():
+            keys += read_public_keys(item.strip(), source)
+    return tuple(dict.fromkeys(keys))
 
 
 _FILE_KEYS = {
@@ -137,6 +155,7 @@ _ENV_KEYS = {
     "CACHEMGR_CONCURRENCY": "concurrency",
     "CACHEMGR_RETRIES": "retries",
     "CACHEMGR_BACKOFF": "backoff",
+    "CACHEMGR_TRUSTED_KEYS": "trusted_keys",
 }
 
 
