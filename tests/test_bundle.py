@@ -271,3 +271,167 @@ def test_things_that_are_not_bundles_are_refused(src: Src, airgap: tuple[Cli, Pa
         assert r.code == 11 and "is not a cachemgr bundle" in r.err, (path, r.err)
     assert cli("import", str(tmp_path / "nope.tar.zst")).code == 11
     assert_unchanged(home, before)
+
+
+# -- incremental ---------------------------------------------------------------------------------
+class Delta:
+    def __init__(self, path: Path, have: Path, shared: set[str]) -> None:
+        self.path = path
+        self.have = have
+        self.shared = shared  # blobs text v2 shares with text v1 (the vocabulary asset, ...)
+
+
+@pytest.fixture(scope="module")
+def delta(src: Src, airgap_template: Path) -> Delta:
+    """A receiver holding mymul + text v1 takes inventory; the sender makes a delta for text v2."""
+    home = src.root / "receiver"
+    shutil.copytree(airgap_template, home, symlinks=True)
+    cli = src.home_cli(home)
+    assert cli("import", str(src.root / "full.tar.zst")).code == 0
+    have = src.root / "have.json"
+    r = cli("inventory", "-o", str(have))
+    assert r.code == 0, r.err
+    out = src.root / "delta.tar.zst"
+    r = src.cli("export", MYMUL, TEXT2, "--have", str(have), "-o", str(out), "--json")
+    assert r.code == 0, r.err
+    t1, t2 = (tree_digests(Path(json.loads(src.cli("path", h, "--json").out)["path"])) for h in (TEXT1, TEXT2))
+    return Delta(out, have, set(t1.values()) & set(t2.values()))
+
+
+def test_inventory_lists_manifests_and_blobs(src: Src, delta: Delta) -> None:
+    inv = json.loads(delta.have.read_text())
+    assert inv["kind"] == "cachemgr-inventory"
+    receiver = src.root / "receiver"
+    assert set(inv["blobs"]) == {p.name for p in (receiver / "blobs" / "sha256").rglob("*") if p.is_file()}
+    assert set(inv["manifests"]) == {p.name.removesuffix(".json")
+                                     for p in (receiver / "manifests" / "sha256").glob("*.json")}
+
+
+def test_delta_omits_shared_blobs_and_imports(src: Src, delta: Delta, tmp_path: Path) -> None:
+    vocab = hashlib.sha256(b"".join(w.encode() + b"\n" for w in
+                                    ["<unk>", "hello", "world", "cache", "manager", "tensorflow", "hub"])).hexdigest()
+    assert vocab in delta.shared
+    doc = manifest_of(delta.path)
+    packed = {b["sha256"] for b in doc["blobs"] if b["packed"]}  # type: ignore[attr-defined]
+    listed = {b["sha256"] for b in doc["blobs"]}  # type: ignore[attr-defined]
+    assert packed and delta.shared <= listed - packed
+    assert {r["handle"] for r in doc["refs"]} == {MYMUL, TEXT2}  # type: ignore[attr-defined]
+    assert {i.name for i, _ in members(delta.path)[1:]} == {f"blobs/{d}" for d in packed}
+
+    home = tmp_path / "receiver"
+    shutil.copytree(src.root / "receiver", home, symlinks=True)
+    cli = src.home_cli(home)
+    r = cli("--offline", "import", str(delta.path), "--json")
+    assert r.code == 0, r.err
+    res = json.loads(r.out)["results"][0]
+    assert res["added"] == [TEXT2] and res["unchanged"] == [MYMUL] and res["blobs_added"] == len(packed)
+    got = tree_digests(Path(json.loads(cli("path", TEXT2, "--json").out)["path"]))
+    assert got == tree_digests(Path(json.loads(src.cli("path", TEXT2, "--json").out)["path"]))
+    assert cli("path", TEXT1).code == 0
+
+
+def test_delta_without_its_base_is_refused_and_names_missing_blobs(src: Src, delta: Delta,
+                                                                   airgap: tuple[Cli, Path]) -> None:
+    cli, home = airgap  # holds mymul only: the shared text blobs are missing here
+    before = state(home)
+    blobs_before = sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file())
+    r = cli("import", str(delta.path))
+    assert r.code == 12, r.err
+    assert len(r.err.strip().splitlines()) == 1 and TEXT2 in r.err
+    named = [d for d in delta.shared if d in r.err]
+    assert named, r.err
+    assert_unchanged(home, before)
+    assert sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file()) == blobs_before
+
+
+# -- split parts -----------------------------------------------------------------------------------
+def test_split_parts_import_and_a_missing_part_is_named(src: Src, airgap: tuple[Cli, Path], tmp_path: Path) -> None:
+    cli, home = airgap
+    out = tmp_path / "media" / "b.tar.zst"
+    out.parent.mkdir()
+    r = src.cli("export", MYMUL, TEXT1, "-o", str(out), "--split-size", "4K")
+    assert r.code == 0, r.err
+    parts = sorted(out.parent.glob("b.tar.zst.part*"))
+    assert len(parts) >= 3 and not out.exists()
+    assert all(p.stat().st_size <= 4096 for p in parts)
+    assert parts[0].read_bytes()[:128].split()[2:5] == [b"000001", b"of", f"{len(parts):06d}".encode()]
+    # The parts reassemble into the plain bundle by hand, as the docs say.
+    joined = tmp_path / "joined.tar.zst"
+    joined.write_bytes(b"".join(p.read_bytes()[128:] for p in parts))
+    assert [i.name for i, _ in members(joined)] == [i.name for i, _ in members(src.root / "full.tar.zst")]
+
+    before = state(home)
+    for lost in (parts[1], parts[-1]):
+        aside = tmp_path / lost.name
+        lost.rename(aside)
+        r = cli("import", str(parts[0]))
+        assert r.code == 11 and str(lost) in r.err and "missing" in r.err, r.err
+        assert_unchanged(home, before)
+        aside.rename(lost)
+    r = cli("import", str(out) + ".part*")  # a glob, as typed without a shell
+    assert r.code == 0, r.err
+    assert cli("path", TEXT1).code == 0
+
+
+# -- signatures ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keys(src: Src) -> tuple[Path, Path]:
+    k1, k2 = src.root / "k1", src.root / "k2"
+    for k in (k1, k2):
+        r = src.cli("keygen", str(k))
+        assert r.code == 0, r.err
+        assert oct(k.stat().st_mode & 0o777) == "0o600" and Path(f"{k}.pub").read_text().startswith("ssh-ed25519 ")
+    return k1, k2
+
+
+@pytest.fixture(scope="module")
+def signed(src: Src, keys: tuple[Path, Path]) -> Path:
+    out = src.root / "signed.tar.zst"
+    r = src.cli("export", MYMUL, TEXT1, "--sign", str(keys[0]), "-o", str(out))
+    assert r.code == 0, r.err
+    assert "signed by SHA256:" in r.out
+    return out
+
+
+def test_signed_bundle_verifies_with_ssh_keygen(signed: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    assert shutil.which("ssh-keygen"), "ssh-keygen (openssh-client) is required: add it to .ci/run"
+    items = members(signed)
+    assert [i.name for i, _ in items[:2]] == ["manifest.json", "manifest.json.sig"]
+    (tmp_path / "manifest.json").write_bytes(items[0][1])
+    (tmp_path / "manifest.json.sig").write_bytes(items[1][1])
+    allowed = tmp_path / "allowed_signers"
+    for key, expect in ((keys[0], 0), (keys[1], 255)):
+        allowed.write_text("cachemgr " + Path(f"{key}.pub").read_text())
+        with open(tmp_path / "manifest.json", "rb") as fh:
+            proc = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "cachemgr",
+                                   "-n", "cachemgr-bundle", "-s", str(tmp_path / "manifest.json.sig")],
+                                  stdin=fh, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == expect, proc.stdout + proc.stderr
+        if expect == 0:
+            assert "Good" in proc.stdout + proc.stderr
+
+
+def test_signature_policy(src: Src, signed: Path, keys: tuple[Path, Path], airgap: tuple[Cli, Path],
+                          tmp_path: Path) -> None:
+    cli, home = airgap
+    before = state(home)
+    k1pub, k2pub = (f"{k}.pub" for k in keys)
+    refusals = [
+        (cli("import", str(signed), "--require-signature", k2pub), "not a trusted key"),
+        (cli("import", str(src.root / "full.tar.zst"), "--require-signature", k1pub), "not signed"),
+        (cli("import", str(src.root / "full.tar.zst"), env={"CACHEMGR_TRUSTED_KEYS": k1pub}), "not signed"),
+    ]
+    items = members(signed)
+    doc = json.loads(items[0][1])
+    doc["refs"][0]["aliases"].append("https://evil.example/model")
+    forged = write_bundle(tmp_path / "forged.tar.zst", [(items[0][0], json.dumps(doc).encode())] + items[1:])
+    refusals.append((cli("import", str(forged), "--require-signature", k1pub), "does not match"))
+    for r, needle in refusals:
+        assert r.code == 13 and needle in r.err, r.err
+        assert_unchanged(home, before)
+
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", k1pub], capture_output=True, text=True).stdout.split()[1] \
+        if shutil.which("ssh-keygen") else ""
+    r = cli("import", str(signed), "--require-signature", k1pub)
+    assert r.code == 0, r.err
+    assert "signature: good" in r.out and "(trusted key)" in r.out and fingerprint in r.out

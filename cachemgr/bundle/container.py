@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BundleError, MissingPartError, NotABundleError, StoreError, TruncatedBundleError
+from ..errors import BundleError, MissingPartError, NotABundleError, StoreError, TruncatedBundleError, UsageError
 from ..fsutil import disk_error, remove_quietly, unique_name
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -33,7 +33,7 @@ TRAILER_SIZE = 24
 PART_HEADER_SIZE = 128
 _PART_PREFIX = b"cachemgr-bundle-part "
 _PART_RE = re.compile(r"^(?P<base>.+)\.part(?P<n>[0-9]{3,})$")
-MIN_SPLIT = 64 * 1024
+MIN_SPLIT = 4096
 
 
 def trailer(main_length: int) -> bytes:
@@ -65,7 +65,7 @@ class Sink:
 
     def __init__(self, dest: Path, split_size: int | None) -> None:
         if split_size is not None and split_size < MIN_SPLIT:
-            raise BundleError(f"--split-size {split_size} is too small; use at least {MIN_SPLIT // 1024}K")
+            raise UsageError(f"--split-size {split_size} is too small; use at least {MIN_SPLIT // 1024}K")
         self.dest = dest
         self.split = split_size - PART_HEADER_SIZE if split_size else None
         self.bundle_id = uuid.uuid4().hex
