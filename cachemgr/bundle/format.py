@@ -114,6 +114,8 @@ def _parse(doc: dict[str, Any], where: str) -> BundleManifest:
         manifests[digest] = manifest
     refs = tuple(Ref.from_json(r) for r in doc["refs"])
     for ref in refs:
+        if not all(isinstance(a, str) and a for a in ref.aliases):
+            raise BundleError(f"{where}: ref {ref.handle!r} has an invalid alias; export it again")
         if not isinstance(ref.handle, str) or not ref.handle or ref.manifest not in manifests:
             raise BundleError(f"{where}: ref {ref.handle!r} names manifest {ref.manifest!r}, which the "
                               "bundle does not carry; export it again")
