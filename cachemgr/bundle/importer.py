@@ -180,10 +180,10 @@ def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: lis
     tar = TarReader(inflater.read, where)
     try:
         first = tar.next()
+    except TruncatedBundleError:
+        raise TruncatedBundleError(f"{where} is truncated, or not a cachemgr bundle at all; copy the "
+                                   "whole file again, or give a file written by cachemgr export") from None
     except BundleError:
-        if not whole:
-            raise TruncatedBundleError(f"{where} is truncated or not a cachemgr bundle at all; copy the "
-                                       "whole file again, or give a file written by cachemgr export") from None
         raise NotABundleError(f"{where} is not a cachemgr bundle (no tar stream inside); "
                               "give a file written by cachemgr export") from None
     if first is None or first.name != MANIFEST_MEMBER:
