@@ -139,10 +139,11 @@ EXIT_CODES: dict[type[BaseException], int] = {
     IntegrityError: 8,
     ArchiveError: 9,
     StoreError: 10,
-    BundleError: 11,
+    # 20s: bundles (11 and 12 are taken by verify on the lifecycle branch)
+    BundleError: 20,
     BundleIntegrityError: 8,
-    MissingBaseError: 12,
-    SignatureError: 13,
+    MissingBaseError: 21,
+    SignatureError: 22,
 }
 
 

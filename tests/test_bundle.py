@@ -200,10 +200,10 @@ def _newer(items: list[Member]) -> list[Member]:
 
 TAMPER: dict[str, tuple[Callable[[list[Member]], list[Member]], int, str]] = {
     "flipped-byte": (_flip_blob, 8, "does not match its sha256"),
-    "dropped-entry": (lambda items: items[:-1], 11, "is missing"),
-    "added-entry": (_extra, 11, "unexpected member"),
-    "duplicated-entry": (lambda items: items + [items[-1]], 11, "second copy"),
-    "newer-format": (_newer, 11, "newer than this cachemgr"),
+    "dropped-entry": (lambda items: items[:-1], 20, "is missing"),
+    "added-entry": (_extra, 20, "unexpected member"),
+    "duplicated-entry": (lambda items: items + [items[-1]], 20, "second copy"),
+    "newer-format": (_newer, 20, "newer than this cachemgr"),
 }
 
 
@@ -253,7 +253,7 @@ def test_truncated_bundle_is_refused(cut: str, src: Src, airgap: tuple[Cli, Path
     bad.write_bytes(data[: len(data) // 2] if cut == "half" else data[:-3])
     before = state(home)
     r = cli("import", str(bad))
-    assert r.code == 11 and "truncated" in r.err, r.err
+    assert r.code == 20 and "truncated" in r.err, r.err
     assert_unchanged(home, before)
 
 
@@ -268,8 +268,8 @@ def test_things_that_are_not_bundles_are_refused(src: Src, airgap: tuple[Cli, Pa
     model_zst.write_bytes(archive_bytes(Path(json.loads(src.cli("info", MYMUL, "--json").out)["path"]), "zst"))
     for path in (text, model_gz, model_zst):
         r = cli("import", str(path))
-        assert r.code == 11 and "is not a cachemgr bundle" in r.err, (path, r.err)
-    assert cli("import", str(tmp_path / "nope.tar.zst")).code == 11
+        assert r.code == 20 and "is not a cachemgr bundle" in r.err, (path, r.err)
+    assert cli("import", str(tmp_path / "nope.tar.zst")).code == 20
     assert_unchanged(home, before)
 
 
@@ -336,7 +336,7 @@ def test_delta_without_its_base_is_refused_and_names_missing_blobs(src: Src, del
     before = state(home)
     blobs_before = sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file())
     r = cli("import", str(delta.path))
-    assert r.code == 12, r.err
+    assert r.code == 21, r.err
     assert len(r.err.strip().splitlines()) == 1 and TEXT2 in r.err
     named = [d for d in delta.shared if d in r.err]
     assert named, r.err
@@ -365,7 +365,7 @@ def test_split_parts_import_and_a_missing_part_is_named(src: Src, airgap: tuple[
         aside = tmp_path / lost.name
         lost.rename(aside)
         r = cli("import", str(parts[0]))
-        assert r.code == 11 and str(lost) in r.err and "missing" in r.err, r.err
+        assert r.code == 20 and str(lost) in r.err and "missing" in r.err, r.err
         assert_unchanged(home, before)
         aside.rename(lost)
     r = cli("import", str(out) + ".part*")  # a glob, as typed without a shell
@@ -427,7 +427,7 @@ def test_signature_policy(src: Src, signed: Path, keys: tuple[Path, Path], airga
     forged = write_bundle(tmp_path / "forged.tar.zst", [(items[0][0], json.dumps(doc).encode())] + items[1:])
     refusals.append((cli("import", str(forged), "--require-signature", k1pub), "does not match"))
     for r, needle in refusals:
-        assert r.code == 13 and needle in r.err, r.err
+        assert r.code == 22 and needle in r.err, r.err
         assert_unchanged(home, before)
 
     fingerprint = subprocess.run(["ssh-keygen", "-lf", k1pub], capture_output=True, text=True).stdout.split()[1] \

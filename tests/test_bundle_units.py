@@ -245,3 +245,11 @@ def test_trusted_keys_from_config_and_env(tmp_path: Path) -> None:
 
 def test_blob_entry_member_name() -> None:
     assert BlobEntry(h("x"), 1, True).member == "blobs/" + h("x")
+
+
+def test_bundle_exit_codes() -> None:
+    from cachemgr.errors import MissingBaseError, exit_code_for
+
+    assert [exit_code_for(e("x")) for e in (BundleError, NotABundleError, TruncatedBundleError, MissingPartError,
+                                            BundleFormatError, BundleIntegrityError, MissingBaseError,
+                                            SignatureError)] == [20, 20, 20, 20, 20, 8, 21, 22]
