@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from . import __version__, cli_daemon
+from . import __version__, cli_bundle, cli_daemon
 from .cliutil import Ctx, json_option, pass_ctx, run_reporting
 from .errors import exit_code_for
 from .output import emit_json, table
@@ -183,7 +183,7 @@ def path(c: Ctx, handle: str, as_json: bool) -> None:
 
 
 # Modules that contribute more commands; each exposes COMMANDS (a list of click commands).
-COMMAND_MODULES: tuple[Any, ...] = (cli_daemon,)
+COMMAND_MODULES: tuple[Any, ...] = (cli_daemon, cli_bundle)
 
 
 def main() -> None:

@@ -13,6 +13,12 @@ class CachemgrError(Exception):
     code = "error"
 
 
+class UsageError(CachemgrError):
+    """The command line asks for something impossible (e.g. nothing to export)."""
+
+    code = "usage"
+
+
 class ConfigError(CachemgrError):
     code = "bad_config"
 
@@ -80,9 +86,50 @@ class StoreError(CachemgrError):
     code = "store_error"
 
 
+class BundleError(CachemgrError):
+    """A bundle file is unusable: not a bundle, newer format, missing/extra/truncated member or part."""
+
+    code = "bad_bundle"
+
+
+class NotABundleError(BundleError):
+    code = "not_a_bundle"
+
+
+class BundleFormatError(BundleError):
+    code = "bundle_format_too_new"
+
+
+class TruncatedBundleError(BundleError):
+    code = "truncated_bundle"
+
+
+class MissingPartError(BundleError):
+    code = "missing_part"
+
+
+class BundleIntegrityError(BundleError):
+    """A blob or manifest in the bundle does not match the digest the bundle manifest promises."""
+
+    code = "bundle_tampered"
+
+
+class MissingBaseError(BundleError):
+    """A delta bundle needs blobs that neither it nor the receiving store has."""
+
+    code = "missing_base"
+
+
+class SignatureError(BundleError):
+    """Unsigned when a signature is required, signed by an untrusted key, or a bad signature."""
+
+    code = "bad_signature"
+
+
 # The one table from exception class to process exit code (most specific class wins).
 EXIT_CODES: dict[type[BaseException], int] = {
     CachemgrError: 1,
+    UsageError: 2,
     ConfigError: 3,
     HandleError: 4,
     NotCachedError: 5,
@@ -92,6 +139,11 @@ EXIT_CODES: dict[type[BaseException], int] = {
     IntegrityError: 8,
     ArchiveError: 9,
     StoreError: 10,
+    # 20s: bundles (11 and 12 are taken by verify on the lifecycle branch)
+    BundleError: 20,
+    BundleIntegrityError: 8,
+    MissingBaseError: 21,
+    SignatureError: 22,
 }
 
 

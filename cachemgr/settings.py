@@ -41,6 +41,8 @@ class Settings:
     upstreams: tuple[str, ...] = ()
     prefetch_file: Path | None = None
     max_body: int = 1024 * 1024
+    # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
+    trusted_keys: tuple[str, ...] = ()
     config_files: tuple[Path, ...] = field(default=())
 
     @property
@@ -159,7 +161,23 @@ def _convert(key: str, value: Any, source: str) -> Any:
         return tuple(u.rstrip("/") for u in items)
     if key == "max_body":
         return parse_size(value, source)
+    if key == "trusted_keys":
+        return _trusted_keys(value, source)
     raise ConfigError(f"{source}: unknown setting {key!r}")
+
+
+def _trusted_keys(value: Any, source: str) -> tuple[str, ...]:
+    """Public keys from a list of key lines or .pub files (TOML), or "FILE:FILE" (environment)."""
+    from .signing import read_public_keys  # deferred: keeps settings light
+
+    items = value.split(":") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: trusted_keys must be a list of public keys or .pub files")
+    keys: list[str] = []
+    for item in items:
+        if isinstance(item, str) and item.strip():
+            keys += read_public_keys(item.strip(), source)
+    return tuple(dict.fromkeys(keys))
 
 
 _FILE_KEYS = {
@@ -180,6 +198,7 @@ _ENV_KEYS = {
     "CACHEMGR_TOKEN": "token",
     "CACHEMGR_UPSTREAMS": "upstreams",
     "CACHEMGR_PREFETCH_FILE": "prefetch_file",
+    "CACHEMGR_TRUSTED_KEYS": "trusted_keys",
 }
 
 
