@@ -19,7 +19,10 @@ near 1.0 is saturated: it is single-threaded), and the ratio resolve/health. A s
 (one client) gives each endpoint's service time without queueing. Target: resolve p99 < 20 ms.
 
 With N closed-loop clients, latency ~ N / throughput (Little's law): the p99 under 200 clients
-mostly measures the daemon's throughput; the serial run shows the per-request cost.
+mostly measures the daemon's throughput; the serial run shows the per-request cost. So the
+script also runs the same 200 clients open loop at fixed offered rates (``--rates``, requests/s
+over all clients, ``--rate-seconds`` each): there a request's latency counts from when it was due,
+which is what a p99 target means for clients that resolve at their own pace.
 
 Exit status: 0 when every request answered 200 (resolves with ``fetched: false``), 1 otherwise,
 2 when a child failed.
@@ -69,13 +72,19 @@ def _request_bytes(endpoint: str, handle: str, keepalive: bool) -> bytes:
 
 
 async def _load(sock: str, endpoint: str, client: str, concurrency: int, per_client: int, keepalive: bool,
-                handles: list[str]) -> dict[str, Any]:
+                handles: list[str], rate: float) -> dict[str, Any]:
+    """Closed loop (``rate`` 0: each client sends its next request when the last answered) or open
+    loop (``rate`` requests/s over all clients, each on a fixed schedule; a request's latency counts
+    from when it was due, so a daemon that falls behind is not hidden by the clients waiting)."""
     import asyncio
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     checked: list[dict[str, Any]] = []
     start_event = asyncio.Event()
+    start_at = [0.0]
+    ready_count = [0]
+    interval = concurrency / rate if rate > 0 else 0.0
 
     def record(status: int, body: bytes, seconds: float, check: bool) -> None:
         latencies.append(seconds)
@@ -86,9 +95,19 @@ async def _load(sock: str, endpoint: str, client: str, concurrency: int, per_cli
     async def raw_client(i: int) -> None:
         reqs = [_request_bytes(endpoint, handles[(i + j) % len(handles)], keepalive) for j in range(per_client)]
         reader = writer = None
+        if keepalive:  # connect before the clock
+            reader, writer = await asyncio.open_unix_connection(sock)
+        ready_count[0] += 1
         await start_event.wait()
         for j, req in enumerate(reqs):
-            t0 = time.perf_counter()
+            if interval:
+                due = start_at[0] + (i / concurrency + j) * interval
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                t0 = due
+            else:
+                t0 = time.perf_counter()
             if writer is None:
                 reader, writer = await asyncio.open_unix_connection(sock)
             assert reader is not None
@@ -129,8 +148,12 @@ async def _load(sock: str, endpoint: str, client: str, concurrency: int, per_cli
         tasks = [asyncio.ensure_future(aiohttp_client(i, session)) for i in range(concurrency)]
     else:
         tasks = [asyncio.ensure_future(raw_client(i)) for i in range(concurrency)]
-    await asyncio.sleep(0.05)  # every task built its requests and waits on the event
+    for _ in range(200):  # every task built its requests (and connected) and waits on the event
+        await asyncio.sleep(0.01)
+        if ready_count[0] >= concurrency or client == "aiohttp":
+            break
     cpu, start = bp.cpu_seconds(), time.perf_counter()
+    start_at[0] = start
     start_event.set()
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), LOAD_TIMEOUT)
@@ -146,11 +169,11 @@ async def _load(sock: str, endpoint: str, client: str, concurrency: int, per_cli
 
 
 def child_load(sock: str, endpoint: str, client: str, concurrency: str, per_client: str, keepalive: str,
-               handles_json: str) -> None:
+               rate: str, handles_json: str) -> None:
     import asyncio
 
     doc = asyncio.run(_load(sock, endpoint, client, int(concurrency), int(per_client), keepalive == "1",
-                            json.loads(handles_json)))
+                            json.loads(handles_json), float(rate)))
     bp.emit(doc)
 
 
@@ -162,9 +185,9 @@ def self_cmd(kind: str, *args: str) -> list[str]:
 # Parent
 # ---------------------------------------------------------------------------------------
 def run_load(daemon: Daemon, endpoint: str, concurrency: int, per_client: int, args: argparse.Namespace,
-             env: dict[str, str], handles: list[str]) -> dict[str, Any]:
-    cmd = self_cmd("load", str(daemon.socket), endpoint, args.client, str(concurrency), str(per_client),
-                   "0" if args.fresh_connections else "1", json.dumps(handles))
+             env: dict[str, str], handles: list[str], rate: float = 0.0) -> dict[str, Any]:
+    cmd = self_cmd("load", str(daemon.socket), endpoint, "raw" if rate else args.client, str(concurrency),
+                   str(per_client), "0" if args.fresh_connections else "1", str(rate), json.dumps(handles))
     busy = bp.host_busy_seconds()
     daemon_cpu = daemon.cpu_seconds()
     proc = subprocess.run(cmd, capture_output=True, env=env, timeout=LOAD_TIMEOUT + 30, check=False)
@@ -226,9 +249,24 @@ def print_table(s: dict[str, Any], args: argparse.Namespace) -> None:
         width = max(len(x[0]) for x in rows)
         for a0, a1, a2, a3 in rows:
             print(f"  {a0:<{width}}  {a1:>9}  {a2:>9}  {a3:>6}")
+    if s["open_loop"]:
+        print(f"open loop: {args.concurrency} clients on a fixed schedule, latency from when each request was due")
+        rows = [("offered req/s", "resolve p50", "p99", "max", "health p50", "p99", "max", "achieved")]
+        for rate, phases in s["open_loop"].items():
+            r, h = phases["resolve"], phases["health"]
+            rows.append((rate, *(f"{r['latency_ms'][k]:.2f}" for k in ("p50", "p99", "max")),
+                         *(f"{h['latency_ms'][k]:.2f}" for k in ("p50", "p99", "max")),
+                         f"{r['rps_median']:.0f}/{h['rps_median']:.0f}"))
+        for row in rows:
+            print("  " + "  ".join(f"{x:>11}" for x in row))
     c = s["concurrent"]["resolve"]["latency_ms"]["p99"]
     ok = "OK" if c < P99_TARGET_MS else "MISSED"
-    print(f"resolve p99 under {args.concurrency} clients: {c:.2f} ms (target < {P99_TARGET_MS:.0f} ms: {ok})")
+    print(f"resolve p99 under {args.concurrency} closed-loop clients: {c:.2f} ms "
+          f"(target < {P99_TARGET_MS:.0f} ms: {ok})")
+    for rate, phases in s["open_loop"].items():
+        c = phases["resolve"]["latency_ms"]["p99"]
+        ok = "OK" if c < P99_TARGET_MS else "MISSED"
+        print(f"resolve p99 at {rate} req/s offered: {c:.2f} ms (target < {P99_TARGET_MS:.0f} ms: {ok})")
     if s["other_load_cores_max"] > 0.3 or s["phases_started_busy"]:
         print(f"WARNING: other processes kept up to {s['other_load_cores_max']:.1f} cores busy; "
               f"{s['phases_started_busy']} phases started on a busy machine: the timings are noisy")
@@ -240,6 +278,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=25, help="sequential requests per client per phase")
     p.add_argument("--serial", type=int, default=1000, help="requests of the one-client run (0: skip it)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each measures health and resolve)")
+    p.add_argument("--rates", default="500,1000", help="offered rates (req/s) of the open-loop runs ('' skips)")
+    p.add_argument("--rate-seconds", type=float, default=5.0, help="length of each open-loop run")
     p.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="load generator HTTP client")
     p.add_argument("--fresh-connections", action="store_true", help="one connection per request")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -247,6 +287,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
                    help="total time to spend waiting for an idle machine before phases (0: never wait)")
     args = p.parse_args(argv)
+    try:
+        args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    except ValueError:
+        p.error("--rates is a comma-separated list of numbers")
+    if any(not 1 <= r <= 50_000 for r in args.rates) or not 0.5 <= args.rate_seconds <= 60:
+        p.error("--rates values must be 1..50000 and --rate-seconds 0.5..60")
     if not (1 <= args.concurrency <= 2000 and 1 <= args.requests <= 1000 and 1 <= args.rounds <= 20
             and 0 <= args.serial <= 20000):
         p.error("--concurrency 1..2000, --requests 1..1000, --rounds 1..20, --serial 0..20000")
@@ -269,6 +315,7 @@ def bench(args: argparse.Namespace) -> int:
     gate = bp.QuietGate(args.quiet_wait)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         "concurrent": {"health": [], "resolve": []}, "serial": {"health": [], "resolve": []}}
+    open_loop: dict[str, dict[str, list[dict[str, Any]]]] = {}
     busy_starts = 0
     try:
         daemon = Daemon(home, env)
@@ -301,6 +348,15 @@ def bench(args: argparse.Namespace) -> int:
                 st = percentiles(doc["latencies_ms"])
                 bp.log(f"serial {endpoint:7}: p50 {st['p50']:.3f} ms p99 {st['p99']:.3f} ms, "
                        f"{len(doc['latencies_ms']) / doc['seconds']:.0f} req/s")
+        for rate in args.rates:
+            per_client = max(1, round(rate * args.rate_seconds / args.concurrency))
+            for endpoint in ("health", "resolve"):
+                busy_starts += not gate.wait()
+                doc = run_load(daemon, endpoint, args.concurrency, per_client, args, env, asked, rate)
+                open_loop.setdefault(f"{rate:g}", {})[endpoint] = [doc]
+                st = percentiles(doc["latencies_ms"])
+                bp.log(f"open loop {rate:g} req/s {endpoint:7}: p50 {st['p50']:.2f} ms p99 {st['p99']:.2f} ms "
+                       f"max {st['max']:.2f} ms, achieved {len(doc['latencies_ms']) / doc['seconds']:.0f} req/s")
         status, daemon_status = daemon.call("GET", "/v1/status")
     except bp.ChildError as exc:
         bp.log(str(exc))
@@ -311,6 +367,8 @@ def bench(args: argparse.Namespace) -> int:
         key: {ep: phase_summary(runs) for ep, runs in phases.items() if runs}
         for key, phases in results.items() if all(phases.values())
     }
+    summary["open_loop"] = {rate: {ep: phase_summary(runs) for ep, runs in phases.items()}
+                            for rate, phases in open_loop.items()}
     if "serial" not in summary:
         summary["serial"] = summary["concurrent"]  # --serial 0: print the concurrent figures twice
     cr, ch = summary["concurrent"]["resolve"], summary["concurrent"]["health"]
@@ -319,20 +377,21 @@ def bench(args: argparse.Namespace) -> int:
     summary["ratio_rps"] = cr["rps_median"] / ch["rps_median"]
     summary["p99_target_ms"] = P99_TARGET_MS
     summary["p99_ok"] = cr["latency_ms"]["p99"] < P99_TARGET_MS
-    summary["other_load_cores_max"] = max(p["other_load_cores_max"] for k in ("concurrent", "serial")
-                                          for p in summary[k].values())
+    everything = [p for k in ("concurrent", "serial") for p in summary[k].values()]
+    everything += [p for phases in summary["open_loop"].values() for p in phases.values()]
+    summary["other_load_cores_max"] = max(p["other_load_cores_max"] for p in everything)
     summary["phases_started_busy"] = busy_starts
     summary["daemon_hits"] = daemon_status.get("hits") if status == 200 else None
     summary["daemon_misses"] = daemon_status.get("misses") if status == 200 else None
     failures = [f"{k} {ep}: statuses {p['statuses']}, {p['bad_bodies']} bad bodies"
-                for k in ("concurrent", "serial") for ep, p in summary[k].items()
-                if set(p["statuses"]) != {"200"} or p["bad_bodies"]]
+                for k, phases in [("concurrent", summary["concurrent"]), ("serial", summary["serial"]),
+                                  *((f"open loop {r}", ph) for r, ph in summary["open_loop"].items())]
+                for ep, p in phases.items() if set(p["statuses"]) != {"200"} or p["bad_bodies"]]
     if summary["daemon_misses"]:
         failures.append(f"the daemon counted {summary['daemon_misses']} misses (want 0)")
     if args.json:
-        for k in ("concurrent", "serial"):
-            for p in summary[k].values():
-                p["latency_ms"] = {key: round(v, 4) for key, v in p["latency_ms"].items()}
+        for p in everything:
+            p["latency_ms"] = {key: round(v, 4) for key, v in p["latency_ms"].items()}
         print(json.dumps({"config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                      "cpus": os.cpu_count(), "handles": asked},
                           "summary": summary, "problems": failures}, indent=2))
