@@ -251,13 +251,13 @@ def print_table(s: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"  {a0:<{width}}  {a1:>9}  {a2:>9}  {a3:>6}")
     if s["open_loop"]:
         print(f"open loop: {args.concurrency} clients on a fixed schedule, latency from when each request was due")
-        rows = [("offered req/s", "resolve p50", "p99", "max", "health p50", "p99", "max", "achieved")]
+        orows = [("offered req/s", "resolve p50", "p99", "max", "health p50", "p99", "max", "achieved")]
         for rate, phases in s["open_loop"].items():
             r, h = phases["resolve"], phases["health"]
-            rows.append((rate, *(f"{r['latency_ms'][k]:.2f}" for k in ("p50", "p99", "max")),
+            orows.append((rate, *(f"{r['latency_ms'][k]:.2f}" for k in ("p50", "p99", "max")),
                          *(f"{h['latency_ms'][k]:.2f}" for k in ("p50", "p99", "max")),
                          f"{r['rps_median']:.0f}/{h['rps_median']:.0f}"))
-        for row in rows:
+        for row in orows:
             print("  " + "  ".join(f"{x:>11}" for x in row))
     c = s["concurrent"]["resolve"]["latency_ms"]["p99"]
     ok = "OK" if c < P99_TARGET_MS else "MISSED"
