@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import socket
+import time
 from typing import Any
 
 
@@ -18,14 +20,23 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError as exc:
-            sock.close()
-            raise DaemonUnavailable(exc.errno, f"no cachemgr daemon at {self._path} ({exc.strerror})") from None
-        self.sock = sock
+        delay = 0.01
+        for _attempt in range(8):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+            except BlockingIOError:  # the listen backlog is full: the daemon is busy, not gone
+                sock.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            except OSError as exc:
+                sock.close()
+                raise DaemonUnavailable(exc.errno, f"no cachemgr daemon at {self._path} ({exc.strerror})") from None
+            self.sock = sock
+            return
+        raise DaemonUnavailable(errno.EAGAIN, f"cachemgr daemon at {self._path} is overloaded (backlog full)")
 
 
 def call(socket_path: str, method: str, path: str, body: Any = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -47,10 +48,16 @@ def _socket_path() -> str:
 
 
 _managed: dict[str, str | None] = {}
+_recorded: dict[str, float] = {}
+RECORD_EVERY = 60.0  # seconds: last use is for prune, minute granularity is plenty
 
 
 def _record_use(cache_dir: str, name: str) -> None:
-    """Touch the store's last-use record, if ``cache_dir`` is a cachemgr view."""
+    """Touch the store's last-use record (at most once a minute per model and process)."""
+    now = time.monotonic()
+    if now - _recorded.get(name, -RECORD_EVERY) < RECORD_EVERY:
+        return
+    _recorded[name] = now
     home = _managed.get(cache_dir, "")
     if home == "":
         parent = os.path.dirname(os.path.abspath(cache_dir))

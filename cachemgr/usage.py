@@ -8,14 +8,18 @@ Recording is one ``utime`` call (a create the first time), cheap enough for the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from .view import hub_key
-
 _HOST = socket.gethostname().replace(".", "_").replace("/", "_") or "host"
+
+
+def hub_key(handle: str) -> str:
+    """sha1 of the exact handle string (tensorflow_hub's cache key; kept here to stay stdlib-only)."""
+    return hashlib.sha1(handle.encode("utf-8")).hexdigest()
 
 
 def uses_dir(home: Path) -> Path:

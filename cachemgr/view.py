@@ -6,18 +6,15 @@ store is mounted elsewhere. A ``<sha1>.descriptor.txt`` mirrors what hub writes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
 
 from .fsutil import atomic_symlink, atomic_write
 from .store import Store
+from .usage import hub_key
 
-
-def hub_key(handle: str) -> str:
-    """The directory name tensorflow_hub uses for ``handle``: sha1 of the exact string."""
-    return hashlib.sha1(handle.encode("utf-8")).hexdigest()
+__all__ = ["hub_key", "link_aliases", "view_entry"]
 
 
 def link_aliases(store: Store, aliases: tuple[str, ...], digest: str) -> list[str]:

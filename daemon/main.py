@@ -24,6 +24,7 @@ from .watch import Watcher
 
 log = logging.getLogger("cachemgrd")
 STOP_TIMEOUT = 8.0
+LISTEN_BACKLOG = 4096  # herds of hundreds of processes connect at once (the kernel caps it at somaxconn)
 
 
 def _socket_in_use(path: Path) -> bool:
@@ -50,12 +51,12 @@ async def _bind(runner: web.AppRunner, settings: Settings, env: Mapping[str, str
         if _socket_in_use(path):
             raise ConfigError(f"socket {path} is in use by another daemon; stop it or set --socket")
         path.unlink()
-    await web.UnixSite(runner, str(path)).start()
+    await web.UnixSite(runner, str(path), backlog=LISTEN_BACKLOG).start()
     os.chmod(path, 0o660)
     where.append(f"unix:{path}")
     for addr in settings.listen:
         host, _, port = addr.rpartition(":")
-        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        await web.TCPSite(runner, host.strip("[]"), int(port), backlog=LISTEN_BACKLOG).start()
         where.append(f"tcp:{addr}")
     return where
 
