@@ -25,6 +25,7 @@ from cachemgr.view import hub_key
 from .metrics import Metrics, store_totals
 
 log = logging.getLogger("cachemgrd")
+RECENT_TTL = 2.0  # seconds a resolved answer is reused (the view link is still checked each time)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class DaemonState:
         self.started = time.time()
         self.background: set[asyncio.Task[Any]] = set()
         self._totals: tuple[float, tuple[int, int]] = (0.0, (0, 0))
+        self._recent: dict[str, tuple[float, Resolved]] = {}
 
     def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
         """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent)."""
@@ -92,6 +94,18 @@ class DaemonState:
 
     async def resolve(self, text: str) -> Resolved:
         """The model for ``text``, fetching it once however many callers ask at once."""
+        cached = self._recent.get(text)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < RECENT_TTL and os.path.exists(cached[1].view):
+            self.metrics.hits += 1  # a repeat within seconds: one stat instead of reading the ref again
+            return cached[1]
+        resolved = await self._resolve(text)
+        if len(self._recent) > 10_000:
+            self._recent.clear()
+        self._recent[text] = (now, resolved)
+        return resolved
+
+    async def _resolve(self, text: str) -> Resolved:
         handle = parse_handle(text)
         ref = self.index.lookup(text)
         fetched = False
