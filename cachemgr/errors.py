@@ -80,6 +80,22 @@ class StoreError(CachemgrError):
     code = "store_error"
 
 
+class NotPinnedError(NotCachedError):
+    code = "not_pinned"
+
+
+class CorruptionFound(CachemgrError):
+    """``verify`` found corruption that is still there (not repaired, or repair failed)."""
+
+    code = "corruption_found"
+
+
+class CorruptionRepaired(CachemgrError):
+    """``verify --repair`` found corruption and repaired all of it (an outcome, not a failure)."""
+
+    code = "corruption_repaired"
+
+
 # The one table from exception class to process exit code (most specific class wins).
 EXIT_CODES: dict[type[BaseException], int] = {
     CachemgrError: 1,
@@ -92,6 +108,8 @@ EXIT_CODES: dict[type[BaseException], int] = {
     IntegrityError: 8,
     ArchiveError: 9,
     StoreError: 10,
+    CorruptionFound: 11,
+    CorruptionRepaired: 12,
 }
 
 
