@@ -194,7 +194,7 @@ def scan(store: Store, *, disk: bool = True) -> StoreSnapshot:
             st = os.lstat(os.path.join(store.blobs, sha[:2], sha))
         except FileNotFoundError:
             continue
-        loose[sha] = (st.st_size, max(st.st_mtime, st.st_ctime))
+        loose[sha] = (st.st_size, st.st_mtime)
 
     disk_free = None
     if disk:

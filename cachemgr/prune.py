@@ -31,6 +31,9 @@ class PrunePolicy:
     min_free: int | None = None
     grace: float = 3600.0
     foreign_temp_grace: float = 24 * 3600.0  # temps of other hosts: we cannot see their pids
+    # Content no ref names yet is exactly what a pull looks like between publishing its snapshot
+    # and writing its ref: it is kept at least this long, whatever ``grace`` says.
+    in_flight: float = 600.0
 
     def to_json(self) -> dict[str, Any]:
         return {"max_size": self.max_size, "unused_for": self.unused_for, "keep_versions": self.keep_versions,
@@ -179,10 +182,19 @@ def _protections(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> tuple[
             protected.setdefault(handle, why)
         if pin.digest:
             roots.add(pin.digest)
-    roots |= {d for d, rec in snap.manifests.items() if rec.mtime > cutoff}
-    roots |= {d for d, mtime in snap.snapshots.items() if mtime > cutoff}
+    referenced = {m.manifest for m in snap.models}
+    unnamed_cutoff = now - max(policy.grace, policy.in_flight)
+    roots |= {d for d, rec in snap.manifests.items()
+              if rec.mtime > (cutoff if d in referenced else unnamed_cutoff)}
+    roots |= {d for d, mtime in snap.snapshots.items() if mtime > (cutoff if d in referenced else unnamed_cutoff)}
+    # A running pull/import keeps a temp in tmp/: refs written since it started are its work.
+    running = [t.mtime for t in snap.temps if t.owner == "live"
+               or (t.owner == "foreign" and now - t.mtime < policy.foreign_temp_grace)]
+    in_flight_since = min(running, default=float("inf"))
     for m in snap.models:
-        if m.last_use is not None and m.last_use > cutoff:
+        if m.ref_mtime >= in_flight_since:
+            protected.setdefault(m.handle, "written while a pull or import is running (in flight)")
+        elif m.last_use is not None and m.last_use > cutoff:
             protected.setdefault(m.handle, f"used {format_age(now - m.last_use)} ago, within the grace period")
         elif max(m.fetched_at, m.ref_mtime) > cutoff:
             protected.setdefault(m.handle, "written within the grace period (in flight)")
@@ -193,14 +205,13 @@ def _protections(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> tuple[
 
 def plan_prune(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> PrunePlan:
     """What to delete from ``snap`` under ``policy`` at time ``now``. Pure: reads nothing else."""
-    cutoff = now - policy.grace
     protected, roots = _protections(snap, policy, now)
     ledger = _Ledger(snap, roots)
     unmet: list[str] = []
     safe = snap.unreadable_refs == 0 and all(rec.readable for rec in snap.manifests.values())
     if not safe:
         unmet.append("unreadable refs or manifests: leftovers are not collected; run `cachemgr verify --repair`")
-    ledger.collect_loose(cutoff, safe)
+    ledger.collect_loose(now - max(policy.grace, policy.in_flight), safe)
     size_before = ledger.size
 
     candidates = sorted((m for m in snap.models if m.handle not in protected),
@@ -256,9 +267,8 @@ def plan_prune(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> PrunePla
                      f"(pinned or used/written within the grace period of {format_age(policy.grace)})")
 
     live = ledger.live
-    dead_manifests = sorted(d for d, rec in snap.manifests.items() if d not in live and rec.mtime <= cutoff)
-    dead_snapshots = sorted(d for d, mtime in snap.snapshots.items()
-                            if d not in live and mtime <= cutoff and _DIGEST.match(d))
+    dead_manifests = sorted(d for d in snap.manifests if d not in live)
+    dead_snapshots = sorted(d for d in snap.snapshots if d not in live and _DIGEST.match(d))
     temps = []
     for t in snap.temps:
         limit = policy.grace if t.owner == "dead" else max(policy.grace, policy.foreign_temp_grace)

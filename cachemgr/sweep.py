@@ -71,19 +71,30 @@ def _empty(tree: Path, result: PruneResult) -> None:
     remove_quietly(tree)
 
 
-def _drop_model(store: Store, ev: Eviction, taken_at: float, result: PruneResult) -> bool:
+def _drop_model(store: Store, ev: Eviction, taken_at: float, trash: Path, result: PruneResult) -> bool:
+    """Remove an evicted model's ref, then its view links and aliases.
+
+    The ref is first renamed into the trash, then checked: one touched after the scan (a pull
+    that found the model present and marked it in use) is put back and the model is kept.
+    """
     ref_path = store.refs / f"{key_of(ev.handle)}.json"
+    held = trash / "refs" / ref_path.name
     try:
-        with open(ref_path, "rb") as fh:
-            changed = os.fstat(fh.fileno()).st_mtime >= taken_at
-            doc = json.loads(fh.read())
+        os.rename(ref_path, held)
     except FileNotFoundError:
         return True  # already gone (another prune)
+    try:
+        with open(held, "rb") as fh:
+            changed = os.fstat(fh.fileno()).st_mtime >= taken_at
+            doc = json.loads(fh.read())
     except (OSError, ValueError):
-        result.skipped.append(f"{ev.handle}: ref unreadable")
-        return False
+        changed, doc = True, {}
     if changed or doc.get("manifest") != ev.manifest:
-        result.skipped.append(f"{ev.handle}: re-pulled after the scan")
+        try:
+            os.link(held, ref_path)  # put it back, unless a newer ref was written meanwhile
+        except FileExistsError:
+            pass
+        result.skipped.append(f"{ev.handle}: used or re-pulled after the scan")
         return False
     target = os.path.join("..", "snapshots", ev.manifest)
     aliases = tuple(doc.get("aliases", ())) + ev.aliases
@@ -92,17 +103,36 @@ def _drop_model(store: Store, ev: Eviction, taken_at: float, result: PruneResult
         try:
             if os.readlink(link) == target:
                 os.unlink(link)
-                (store.view / f"{hub_key(alias)}.descriptor.txt").unlink(missing_ok=True)
-        except (FileNotFoundError, OSError):
+                _unlink_counting(str(store.view / f"{hub_key(alias)}.descriptor.txt"), result)
+        except OSError:
             pass
         entry = store.aliases / key_of(alias)
         try:
             if entry.read_text() == ev.handle:
-                entry.unlink()
-        except (FileNotFoundError, OSError):
+                _unlink_counting(str(entry), result)
+        except OSError:
             pass
-    ref_path.unlink(missing_ok=True)
     return True
+
+
+def _drop_dangling_links(store: Store, gone: set[str]) -> None:
+    """Remove view links to snapshots this prune deleted (a racing relink may have re-made some)."""
+    if not gone:
+        return
+    try:
+        entries = list(os.scandir(store.view))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            continue
+        if os.path.basename(target) in gone and not os.path.exists(entry.path):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
 
 
 def _drop_uses(store: Store, aliases: set[str]) -> None:
@@ -172,17 +202,17 @@ def execute_prune(store: Store, plan: PrunePlan) -> PruneResult:
     """Carry out ``plan`` on ``store``; returns what was removed and the bytes freed."""
     result = PruneResult()
     taken_at = plan.taken_at
-    dropped: set[str] = set()
-    for ev in plan.evict:
-        if _drop_model(store, ev, taken_at, result):
-            result.evicted.append(ev.handle)
-            dropped.update(ev.aliases)
-    _drop_uses(store, dropped)
-    if not (plan.snapshots or plan.manifests or plan.blobs or plan.temps):
+    if plan.is_empty():
         return result
-
     trash = store.new_temp("prune")
     try:
+        (trash / "refs").mkdir()
+        dropped: set[str] = set()
+        for ev in plan.evict:
+            if _drop_model(store, ev, taken_at, trash, result):
+                result.evicted.append(ev.handle)
+                dropped.update(ev.aliases)
+        _drop_uses(store, dropped)
         # What refs (and pins) hold right now: a concurrent pull may have revived content.
         models, _bad = scan_models(store, uses={})
         live = {m.manifest for m in models} | {p.digest for p in read_pins(store) if p.digest}
@@ -197,9 +227,11 @@ def execute_prune(store: Store, plan: PrunePlan) -> PruneResult:
         # A blob linked or unlinked after the scan (ctime) is in flight. Looked at before our own
         # snapshot deletions below change the blobs' ctimes.
         blobs = [sha for sha in plan.blobs if sha not in revived_blobs and _ctime(store, sha) < taken_at]
+        gone: set[str] = set()
         for digest in plan.snapshots:
             if digest not in live and _trash(store.snapshot_path(digest), trash / "snapshots" / digest, taken_at):
                 result.snapshots += 1
+                gone.add(digest)
         _empty(trash / "snapshots", result)  # snapshots are rebuilt from blobs if a racer needs one
         for digest in plan.manifests:
             if digest not in live and _trash(store.manifest_path(digest), trash / "manifests" / f"{digest}.json",
@@ -209,6 +241,7 @@ def execute_prune(store: Store, plan: PrunePlan) -> PruneResult:
             if _trash(store.blob_path(sha), trash / "blobs" / sha, taken_at, blob=True):
                 result.blobs += 1
         _restore_needed(store, trash, plan, result)
+        _drop_dangling_links(store, gone)
         for name in plan.temps:
             path = store.tmp / name
             try:

@@ -36,6 +36,17 @@ def blob_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
+def file_bytes(home: Path) -> int:
+    """Bytes of all regular files in the store, each inode counted once (hard links share)."""
+    seen: dict[tuple[int, int], int] = {}
+    for root, _dirs, files in os.walk(home):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            if not os.path.islink(os.path.join(root, name)):
+                seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
 def refs(home: Path) -> list[dict[str, object]]:
     return [json.loads(p.read_bytes()) for p in sorted((home / "refs").glob("*.json"))]
 
@@ -62,5 +73,5 @@ def consistency_problems(home: Path) -> list[str]:
     view = home / "view"
     for entry in view.iterdir() if view.is_dir() else []:
         if entry.is_symlink() and not entry.exists():
-            problems.append(f"view link {entry.name} dangles")
+            problems.append(f"view link {entry.name} dangles (-> {os.readlink(entry)})")
     return problems
