@@ -242,7 +242,7 @@ def wanted_handles(store: Store, now: float | None = None, missing_only: bool = 
 
 def with_upstream(settings: Settings, statuses: list[PinStatus]) -> list[PinStatus]:
     """Compare each live pin's recorded ETag/x-goog-hash with what upstream serves now."""
-    from .upstream import changed, probe_many  # network code only when asked
+    from .probe import changed, probe_many  # network code only when asked
 
     live = [s for s in statuses if s.state != "expired" and s.pin.digest is not None]
     probes = probe_many(settings, [s.pin.handle for s in live])

@@ -3,14 +3,16 @@
 Cheapest first: a missing blob whose snapshot still holds good bytes is re-adopted from it;
 a damaged snapshot whose manifest and blobs are intact is rebuilt from the blobs; anything
 else (a corrupt blob, a lost manifest) is re-fetched through the Puller (origin, mirrors or
-an upstream daemon configured as a mirror). The view is restored afterwards; dangling view
-links are removed; writable snapshot files are made read-only again.
+an upstream daemon), or with ``--from-bundle FILE`` imported from that bundle. The view is
+restored afterwards; dangling view links are removed; writable snapshot files are made
+read-only again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from .catalog import relink
 from .errors import CachemgrError
@@ -77,7 +79,27 @@ def _refetch(settings: Settings, store: Store, handles: list[str]) -> dict[str, 
     return {r.asked: str(r.error) for r in results if r.error is not None}
 
 
-def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Ref]) -> None:
+def _from_bundle(settings: Settings, store: Store, bundle: Path, handles: list[str]) -> dict[str, str]:
+    """Import ``bundle`` (it verifies every blob it brings); handles it did not restore fail."""
+    try:
+        from .bundle.importer import import_bundle  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return {h: f"--from-bundle needs bundle support, which this build lacks ({bundle})" for h in handles}
+    try:
+        import_bundle(store, [bundle], tuple(getattr(settings, "trusted_keys", ())))
+    except CachemgrError as err:
+        return {h: f"importing {bundle} failed: {err}" for h in handles}
+    index = RefIndex(store)
+    out: dict[str, str] = {}
+    for h in handles:
+        ref = index.read(h)
+        if ref is None or not _complete(store, ref):
+            out[h] = f"{bundle} does not contain it"
+    return out
+
+
+def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Ref],
+           bundle: Path | None = None) -> None:
     """Repair what ``report`` found, marking each problem repaired (or adding a repair error)."""
     by_handle = {r.handle: r for r in refs}
     broken: dict[str, set[str]] = {}
@@ -102,7 +124,7 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
 
     fetch = [h for h, kinds in broken.items() if h in by_handle and kinds - UNREPAIRABLE
              and not _complete(store, by_handle[h])]
-    errors.update(_refetch(settings, store, fetch))
+    errors.update(_from_bundle(settings, store, bundle, fetch) if bundle else _refetch(settings, store, fetch))
     index = RefIndex(store)
     for h in fetch:
         if h not in errors:
@@ -133,7 +155,8 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
         if p.models and all(h in fixed for h in p.models) and not any(
                 broken[h] & UNREPAIRABLE for h in p.models):
             p.repaired = True
-            p.action = p.action or ("re-fetched" if any(h in fetch for h in p.models) else "rebuilt locally")
+            fetched = "imported from the bundle" if bundle else "re-fetched"
+            p.action = p.action or (fetched if any(h in fetch for h in p.models) else "rebuilt locally")
     report.repair_errors.extend(_repair_message(h, e, settings) for h, e in sorted(errors.items()))
 
 

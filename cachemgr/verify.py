@@ -318,9 +318,8 @@ def _walk(root: Path) -> Iterator[str]:
 
 def run_verify(settings: Settings, store: Store, options: VerifyOptions) -> VerifyReport:
     """Verify (and with ``options.repair`` repair) the store or the models named in options."""
-    if options.bundle is not None:
-        raise CachemgrError(f"--from-bundle {options.bundle}: repairing from a bundle is not available yet "
-                            "(bundles are not in this build); use --repair to re-fetch from upstream")
+    if options.bundle is not None and not options.bundle.is_file():
+        raise CachemgrError(f"--from-bundle {options.bundle}: no such file; give the bundle (.tar.zst) to repair from")
     v = Verifier(settings, store, options)
     index = RefIndex(store)
     v.refs = [index.require(t) for t in options.handles] if options.handles else index.all()
@@ -355,7 +354,7 @@ def run_verify(settings: Settings, store: Store, options: VerifyOptions) -> Veri
     if options.repair and v.report.problems:
         from .repair import repair
 
-        repair(settings, store, v.report, v.refs)
+        repair(settings, store, v.report, v.refs, options.bundle)
     v.report.seconds = time.monotonic() - v.start
     return v.report
 
