@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -162,7 +163,44 @@ def test_max_duration_makes_a_resumable_partial_scrub(cli: Cli, home: Path) -> N
     assert r.code == GOOD and json.loads(r.out)["partial"] is False
 
 
-def test_from_bundle_is_not_available_yet(cli: Cli) -> None:
+# (an editable install of another checkout can make a foreign cachemgr.bundle importable: only ours counts)
+_BUNDLE_SPEC = importlib.util.find_spec("cachemgr.bundle")
+HAVE_BUNDLES = _BUNDLE_SPEC is not None and str(_BUNDLE_SPEC.origin or "").startswith(str(REPO))
+
+
+def flip_a_variables_byte(cli: Cli, home: Path, handle: str) -> Path:
+    digest = str(info(cli, handle)["manifest"])
+    blob_sha = str(next(f for f in manifest_files(home, digest) if "variables.data" in str(f[0]))[3])
+    blob = home / "blobs" / "sha256" / blob_sha[:2] / blob_sha
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 0x80
+    blob.write_bytes(bytes(data))
+    return blob
+
+
+@pytest.mark.skipif(not HAVE_BUNDLES, reason="bundles (cachemgr.bundle) are not in this build")
+def test_repair_from_a_bundle_without_network(cli: Cli, home: Path, origin: FakeOrigin, tmp_path: Path) -> None:
     assert cli("pull", MYMUL).code == 0
-    r = cli("verify", "--from-bundle", "/nonexistent.bundle")
-    assert r.code == 1 and "not available yet" in r.err
+    bundle = tmp_path / "mymul.tar.zst"
+    assert cli("export", MYMUL, "-o", str(bundle)).code == 0
+    blob = flip_a_variables_byte(cli, home, MYMUL)
+    origin.down = True
+    downloads = origin.completed("gcs")
+    r = cli("verify", "--repair", "--from-bundle", str(bundle), "--json")
+    assert r.code == REPAIRED, r.out + r.err
+    assert [p["action"] for p in json.loads(r.out)["problems"]] == ["imported from the bundle"]
+    assert origin.completed("gcs") == downloads and blob.is_file()
+    assert cli("verify").code == GOOD
+
+
+@pytest.mark.skipif(HAVE_BUNDLES, reason="bundles are in this build")
+def test_from_bundle_without_bundle_support_says_so(cli: Cli, home: Path, tmp_path: Path) -> None:
+    assert cli("pull", MYMUL).code == 0
+    flip_a_variables_byte(cli, home, MYMUL)
+    fake = tmp_path / "x.tar.zst"
+    fake.write_bytes(b"not a bundle")
+    r = cli("verify", "--repair", "--from-bundle", str(fake))
+    assert r.code == CORRUPT and "needs bundle support" in r.out
+    r = cli("verify", "--from-bundle", str(tmp_path / "missing.tar.zst"))
+    assert r.code == 1 and "no such file" in r.err
