@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from .errors import StoreError
 from .handles import Handle, learned_handle
 from .ingest import IngestResult
 from .refs import Ref, RefIndex, merged_aliases
@@ -50,11 +51,19 @@ def record_model(
 
 
 def relink(store: Store, ref: Ref, extra: Handle | None = None) -> Ref:
-    """Make sure the view answers every alias of ``ref`` (plus ``extra``'s forms)."""
+    """Make sure the view answers every alias of ``ref`` (plus ``extra``'s forms).
+
+    The snapshot is checked (and rebuilt from blobs if missing) before anything is written,
+    so a model pruned meanwhile raises StoreError instead of getting its ref back.
+    """
+    if not store.snapshot_path(ref.manifest).is_dir():
+        try:
+            store.materialize(store.read_manifest(ref.manifest))
+        except FileNotFoundError:
+            raise StoreError(f"{ref.handle}: a blob is missing, the snapshot cannot be rebuilt; "
+                             "run `cachemgr verify --repair`") from None
     if extra is not None and any(a not in ref.aliases for a in extra.aliases()):
         ref = replace(ref, aliases=tuple(dict.fromkeys(ref.aliases + extra.aliases())))
         RefIndex(store).write(ref)
-    if not store.snapshot_path(ref.manifest).is_dir():
-        store.materialize(store.read_manifest(ref.manifest))
     link_aliases(store, ref.aliases, ref.manifest)
     return ref

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from . import __version__, cli_bundle, cli_daemon
+from . import __version__, cli_bundle, cli_daemon, cli_lifecycle
 from .cliutil import Ctx, json_option, pass_ctx, run_reporting
 from .errors import exit_code_for
 from .output import emit_json, table
@@ -20,6 +20,7 @@ from .pull import Puller, add_local, open_store
 from .refs import Ref, RefIndex
 from .store import Store
 from .units import format_size
+from .usage import record_handle_use
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,6 +175,7 @@ def path(c: Ctx, handle: str, as_json: bool) -> None:
         store = _existing_store(c)
         ref = RefIndex(store).require(handle)
         snap = store.snapshot_path(ref.manifest)
+        record_handle_use(store.home, ref.handle)
         if as_json:
             emit_json({"handle": ref.handle, "path": str(snap), "manifest": ref.manifest})
         else:
@@ -183,7 +185,7 @@ def path(c: Ctx, handle: str, as_json: bool) -> None:
 
 
 # Modules that contribute more commands; each exposes COMMANDS (a list of click commands).
-COMMAND_MODULES: tuple[Any, ...] = (cli_daemon, cli_bundle)
+COMMAND_MODULES: tuple[Any, ...] = (cli_daemon, cli_bundle, cli_lifecycle)
 
 
 def main() -> None:

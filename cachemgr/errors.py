@@ -126,6 +126,22 @@ class SignatureError(BundleError):
     code = "bad_signature"
 
 
+class NotPinnedError(NotCachedError):
+    code = "not_pinned"
+
+
+class CorruptionFound(CachemgrError):
+    """``verify`` found corruption that is still there (not repaired, or repair failed)."""
+
+    code = "corruption_found"
+
+
+class CorruptionRepaired(CachemgrError):
+    """``verify --repair`` found corruption and repaired all of it (an outcome, not a failure)."""
+
+    code = "corruption_repaired"
+
+
 # The one table from exception class to process exit code (most specific class wins).
 EXIT_CODES: dict[type[BaseException], int] = {
     CachemgrError: 1,
@@ -139,11 +155,13 @@ EXIT_CODES: dict[type[BaseException], int] = {
     IntegrityError: 8,
     ArchiveError: 9,
     StoreError: 10,
-    # 20s: bundles (11 and 12 are taken by verify on the lifecycle branch)
+    # 20s: bundles; 11 and 12: verify outcomes
     BundleError: 20,
     BundleIntegrityError: 8,
     MissingBaseError: 21,
     SignatureError: 22,
+    CorruptionFound: 11,
+    CorruptionRepaired: 12,
 }
 
 

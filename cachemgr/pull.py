@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from .catalog import record_model, relink
 from .errors import CachemgrError, OfflineMissError, StoreError
 from .fetch import Fetcher, make_session
-from .fsutil import clean_stale_temps
+from .fsutil import clean_stale_temps, remove_quietly
 from .handles import Handle, parse_handle, with_compressed_query
 from .ingest import Limits, ingest_directory, ingest_stream
 from .pipe import ChunkPipe, ReaderGone
@@ -82,6 +83,7 @@ class Puller:
     async def pull_many(self, texts: list[str], refresh: bool = False) -> list[PullResult]:
         sem = asyncio.Semaphore(self.settings.concurrency)
         session = None if self.settings.offline else make_session(self.settings)
+        marker = self.store.new_temp("inflight")  # prune keeps refs written while this exists
         try:
             async def one(text: str) -> PullResult:
                 async with sem:
@@ -91,6 +93,7 @@ class Puller:
                         return PullResult(text, "failed", error=err)
             return list(await asyncio.gather(*(one(t) for t in texts)))
         finally:
+            remove_quietly(marker)
             if session is not None:
                 await session.close()
 
@@ -98,7 +101,10 @@ class Puller:
         handle = parse_handle(text)
         existing = self.index.lookup(text)
         if existing is not None and not refresh:
-            return PullResult(text, "present", relink(self.store, existing, handle))
+            present = self._present(existing, handle)
+            if present is not None:
+                return PullResult(text, "present", present)
+            existing = None  # pruned while we looked: fetch it again
         if self.settings.offline or session is None:
             if existing is not None:
                 return PullResult(text, "present", relink(self.store, existing, handle))
@@ -108,6 +114,23 @@ class Puller:
             if ref is not None:
                 return PullResult(text, "pulled", ref)
         return await self._download(handle, session)
+
+    def _present(self, ref: Ref, handle: Handle) -> Ref | None:
+        """Relink a stored model, marking its ref as in use so that a concurrent prune keeps it;
+        None if a prune removed it meanwhile."""
+        path = self.index.ref_path(ref.handle)
+        try:
+            os.utime(path)
+            ref = relink(self.store, ref, handle)
+        except FileNotFoundError:
+            return None
+        except StoreError:
+            if path.exists():
+                raise
+            return None
+        except OSError:
+            ref = relink(self.store, ref, handle)  # another user's ref: cannot mark it
+        return ref if path.exists() else None
 
     async def _download(self, handle: Handle, session: Any) -> PullResult:
         url = handle.fetch_url if not handle.compressed_query else with_compressed_query(
@@ -155,13 +178,17 @@ def add_local(settings: Settings, store: Store, text: str, path: Path) -> PullRe
     handle = parse_handle(text)
     limits = limits_of(settings)
     name = str(path)
-    if path.is_dir():
-        result = ingest_directory(store, path, name, limits)
-    elif path.is_file():
-        with path.open("rb") as fh:
-            result = ingest_stream(store, fh, name, limits)
-    else:
-        raise StoreError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a directory")
-    ref = record_model(store, handle, result, source="add", url=path.resolve().as_uri(),
-                       archive_size=path.stat().st_size if path.is_file() else None)
+    marker = store.new_temp("inflight")  # prune keeps refs written while this exists
+    try:
+        if path.is_dir():
+            result = ingest_directory(store, path, name, limits)
+        elif path.is_file():
+            with path.open("rb") as fh:
+                result = ingest_stream(store, fh, name, limits)
+        else:
+            raise StoreError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a directory")
+        ref = record_model(store, handle, result, source="add", url=path.resolve().as_uri(),
+                           archive_size=path.stat().st_size if path.is_file() else None)
+    finally:
+        remove_quietly(marker)
     return PullResult(text, "pulled", ref, None, result.new_blobs, result.new_bytes)

@@ -43,6 +43,14 @@ class Settings:
     max_body: int = 1024 * 1024
     # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
     trusted_keys: tuple[str, ...] = ()
+    # Lifecycle: watermarks for automatic pruning (daemon) and background scrubbing.
+    prune_max_size: int | None = None
+    prune_min_free: int | None = None
+    prune_unused_for: float | None = None
+    prune_keep_versions: int | None = None
+    prune_grace: float = 3600.0
+    scrub_rate: int | None = None
+    scrub_max_duration: float = 600.0
     config_files: tuple[Path, ...] = field(default=())
 
     @property
@@ -132,16 +140,17 @@ def _convert(key: str, value: Any, source: str) -> Any:
         return _bool(value, source)
     if key == "mirrors":
         return parse_mirrors(value, source)
-    if key == "max_model_bytes":
+    if key in ("max_model_bytes", "prune_max_size", "prune_min_free", "scrub_rate"):
         return parse_size(value, source)
-    if key in ("max_entries", "concurrency", "retries"):
+    if key in ("max_entries", "concurrency", "retries", "prune_keep_versions"):
         return _int(value, source, minimum=1 if key != "retries" else 0)
     if key == "ca_bundle":
         path = Path(str(value)).expanduser()
         if not path.is_file():
             raise ConfigError(f"{source}: CA bundle {path} does not exist; fix the path")
         return path
-    if key in ("backoff", "connect_timeout", "read_timeout", "temp_grace"):
+    if key in ("backoff", "connect_timeout", "read_timeout", "temp_grace", "prune_unused_for", "prune_grace",
+               "scrub_max_duration"):
         return parse_duration(value, source)
     if key in ("socket", "prefetch_file"):
         return Path(str(value)).expanduser()
@@ -199,6 +208,13 @@ _ENV_KEYS = {
     "CACHEMGR_UPSTREAMS": "upstreams",
     "CACHEMGR_PREFETCH_FILE": "prefetch_file",
     "CACHEMGR_TRUSTED_KEYS": "trusted_keys",
+    "CACHEMGR_PRUNE_MAX_SIZE": "prune_max_size",
+    "CACHEMGR_PRUNE_MIN_FREE": "prune_min_free",
+    "CACHEMGR_PRUNE_UNUSED_FOR": "prune_unused_for",
+    "CACHEMGR_PRUNE_KEEP_VERSIONS": "prune_keep_versions",
+    "CACHEMGR_PRUNE_GRACE": "prune_grace",
+    "CACHEMGR_SCRUB_RATE": "scrub_rate",
+    "CACHEMGR_SCRUB_MAX_DURATION": "scrub_max_duration",
 }
 
 

@@ -91,19 +91,18 @@ class Store:
     def adopt_blob(self, staged: Path, digest: str) -> None:
         """Make the staged, already-hashed file ``staged`` the blob ``digest``, deduplicating.
 
-        Afterwards ``staged`` is a hard link to the blob (shared storage).
+        Afterwards ``staged`` is a hard link to the blob (shared storage). Safe against a
+        concurrent prune removing the blob: then ``staged`` itself becomes the blob.
         """
         blob = self.blob_path(digest)
-        if blob.exists():
-            staged.unlink()
-            link_or_copy(blob, staged)
+        if blob.exists() and self._link_existing(blob, staged):
             return
         blob.parent.mkdir(exist_ok=True)
         try:
             os.link(staged, blob)
         except FileExistsError:
-            staged.unlink()
-            link_or_copy(blob, staged)
+            if not self._link_existing(blob, staged):
+                os.link(staged, blob)
         except OSError:
             # blobs/ on another file system, or no hard links: copy beside the blob, rename in.
             tmp = blob.parent / f".{unique_name('b')}"
@@ -113,6 +112,16 @@ class Store:
             finally:
                 if tmp.exists():
                     tmp.unlink()
+
+    def _link_existing(self, blob: Path, staged: Path) -> bool:
+        """Replace ``staged`` by a link to the existing ``blob``; False if the blob vanished."""
+        tmp = staged.with_name(unique_name(".adopt"))
+        try:
+            link_or_copy(blob, tmp)
+        except FileNotFoundError:
+            return False
+        os.replace(tmp, staged)
+        return True
 
     def iter_blobs(self) -> Iterator[str]:
         for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:
@@ -125,8 +134,12 @@ class Store:
     def write_manifest(self, manifest: Manifest) -> str:
         digest = manifest.digest
         path = self.manifest_path(digest)
-        if not path.exists():
+        try:
+            os.utime(path)  # mark it as just written, so that a concurrent prune keeps it
+        except FileNotFoundError:
             atomic_write(path, manifest.to_bytes(), self.tmp, mode=0o444)
+        except OSError:
+            pass  # another user's file: it exists, which is what matters
         return digest
 
     def read_manifest(self, digest: str) -> Manifest:
@@ -145,15 +158,23 @@ class Store:
     def publish_snapshot(self, tree: Path, digest: str) -> Path:
         """Rename the finished ``tree`` to ``snapshots/<digest>``; an existing one wins."""
         dest = self.snapshot_path(digest)
-        if dest.is_dir():
-            remove_quietly(tree)
-            return dest
-        try:
-            os.rename(tree, dest)
-        except OSError:
-            if not dest.is_dir():
-                raise
-            remove_quietly(tree)
+        for _attempt in range(3):
+            if dest.is_dir():
+                try:
+                    os.utime(dest)  # in use again: a concurrent prune skips what changed after its scan
+                except FileNotFoundError:
+                    continue  # pruned this very moment: publish ours instead
+                except OSError:
+                    pass  # another user's snapshot
+                remove_quietly(tree)
+                return dest
+            try:
+                os.rename(tree, dest)
+                return dest
+            except OSError:
+                if not dest.is_dir():
+                    raise
+        remove_quietly(tree)
         return dest
 
     def materialize(self, manifest: Manifest) -> Path:
