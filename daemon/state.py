@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from cachemgr.catalog import relink
-from cachemgr.errors import CachemgrError
+from cachemgr.errors import CachemgrError, StoreError
 from cachemgr.fetch import make_session
 from cachemgr.handles import parse_handle
 from cachemgr.pull import Puller, PullResult, offline_miss, open_store
@@ -108,6 +108,13 @@ class DaemonState:
     async def _resolve(self, text: str) -> Resolved:
         handle = parse_handle(text)
         ref = self.index.lookup(text)
+        refresh = False
+        if ref is not None and not self.store.snapshot_path(ref.manifest).is_dir():
+            try:  # pruned or quarantined: rebuild from intact blobs, else fetch again
+                ref = relink(self.store, ref, handle)
+            except StoreError as err:
+                log.warning("%s is out of service (%s); fetching it again", text, err)
+                ref, refresh = None, True
         fetched = False
         if ref is None:
             if self.settings.offline:
@@ -117,7 +124,7 @@ class DaemonState:
             self.metrics.misses += 1
             if task is None:
                 self.metrics.fetches += 1
-                task = asyncio.ensure_future(self._fetch(text))
+                task = asyncio.ensure_future(self._fetch(text, refresh))
                 self.inflight[key] = task
                 task.add_done_callback(self._forget(key))
             result = await asyncio.shield(task)
@@ -141,9 +148,9 @@ class DaemonState:
 
         return done
 
-    async def _fetch(self, text: str) -> PullResult:
+    async def _fetch(self, text: str, refresh: bool = False) -> PullResult:
         try:
-            result = await self.puller.pull_one(text, self.session)
+            result = await self.puller.pull_one(text, self.session, refresh)
         except CachemgrError as err:
             return PullResult(text, "failed", error=err)
         if result.ref is not None and result.ref.archive_size:

@@ -23,12 +23,17 @@ from cachemgr.errors import CachemgrError
 from cachemgr.fsutil import pid_alive, remove_quietly, unique_name
 from cachemgr.handles import parse_handle
 from cachemgr.ingest import ingest_directory
+from cachemgr.pins import wanted_handles
 from cachemgr.pull import limits_of
+from cachemgr.sweep import auto_prune
+from cachemgr.verify import scrub
 
 from .state import DaemonState
 
 log = logging.getLogger("cachemgrd.watch")
 HUB_LOCK_TIMEOUT = 600.0  # tensorflow_hub's own rule: 10 min without progress
+PRUNE_EVERY = 300.0  # seconds between automatic prunes (only when a prune_* watermark is set)
+SCRUB_EVERY = 900.0  # seconds between background scrub slices (only when scrub_rate is set)
 
 
 class _Forward(FileSystemEventHandler):
@@ -75,6 +80,8 @@ class Watcher:
         self._prefetched: set[str] = set()
         self._prefetch_mtime = 0.0
         self._sweeper: asyncio.Task[None] | None = None
+        self._last_prune = -PRUNE_EVERY
+        self._last_scrub = -SCRUB_EVERY
 
     @property
     def view(self) -> Path:
@@ -122,7 +129,32 @@ class Watcher:
     async def _sweep_forever(self) -> None:
         while True:
             await self.sweep()
+            await self.maintain()
             await asyncio.sleep(self.sweep_interval)
+
+    async def maintain(self) -> None:
+        """Prune on the configured watermarks and run a slice of the background scrub."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        settings = self.state.settings
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            try:
+                result = await loop.run_in_executor(None, auto_prune, settings, self.state.store)
+            except (CachemgrError, OSError) as err:
+                log.error("automatic prune failed: %s", err)
+            else:
+                if result is not None and result.freed_bytes:
+                    log.info("automatic prune freed %d bytes", result.freed_bytes)
+        if settings.scrub_rate and now - self._last_scrub >= SCRUB_EVERY:
+            self._last_scrub = now
+            try:
+                report = await loop.run_in_executor(None, scrub, settings, self.state.store)
+            except (CachemgrError, OSError) as err:
+                log.error("background scrub failed: %s", err)
+            else:
+                log.info("background scrub: %d blobs, %d bytes, %d problems%s", report.blobs, report.bytes,
+                         len(report.problems), " (partial, continues next time)" if report.partial else "")
 
     async def sweep(self) -> None:
         try:
@@ -216,7 +248,7 @@ class Watcher:
         return [h for h in handles if isinstance(h, str)] if isinstance(handles, list) else []
 
     async def check_prefetch(self) -> None:
-        for handle in self.wanted():
+        for handle in self.wanted() + wanted_handles(self.state.store):
             if handle in self._prefetched or self.state.index.lookup(handle) is not None:
                 continue
             self._prefetched.add(handle)

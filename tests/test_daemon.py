@@ -304,3 +304,37 @@ def test_shim_install_writes_pth(tmp_path: Path) -> None:
     r = subprocess.run([str(py), "-m", "cachemgr", "shim", "uninstall"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and not pth.exists()
     assert shutil.which("python")
+
+
+def test_daemon_prefetches_pins_and_prunes_on_watermarks(cli: Cli, origin: FakeOrigin, home: Path,
+                                                         daemons: list[Daemon]) -> None:
+    # A pin recorded offline is wanted-but-missing; the daemon fetches it.
+    r = cli("--offline", "pin", "https://tfhub.dev/google/text-embed/1", "--reason", "prod")
+    assert r.code == 0, r.err
+    assert cli("pull", TFHUB).code == 0  # unpinned
+    env = {"CACHEMGR_PRUNE_MAX_SIZE": "1", "CACHEMGR_PRUNE_GRACE": "0s"}
+    d = start(daemons, cli, home, env=env)
+    assert wait_for(lambda: cli("path", "https://tfhub.dev/google/text-embed/1").code == 0, 60), d.output()
+    # The 1-byte budget evicts what is not pinned; the pinned model stays.
+    assert wait_for(lambda: cli("path", TFHUB).code == 5, 60), d.output()
+    assert cli("path", "https://tfhub.dev/google/text-embed/1").code == 0
+
+
+def test_daemon_refetches_a_quarantined_model(cli: Cli, origin: FakeOrigin, home: Path,
+                                              daemons: list[Daemon]) -> None:
+    assert cli("pull", TFHUB).code == 0
+    info = json.loads(cli("info", TFHUB, "--json").out)
+    manifest = json.loads((home / "manifests" / "sha256" / f"{info['manifest']}.json").read_text())
+    digest = next(f[3] for f in manifest["files"] if f[0] == "saved_model.pb")
+    blob = home / "blobs" / "sha256" / digest[:2] / digest
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[10] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    r = cli("verify")
+    assert r.code == 11, r.out + r.err
+    d = start(daemons, cli, home)
+    code, doc = d.call("POST", "/v1/resolve", {"handle": TFHUB})
+    assert code == 200, doc
+    assert __import__("hashlib").sha256((Path(doc["path"]) / "saved_model.pb").read_bytes()).hexdigest() == digest
+    assert origin.completed("gcs") == 2
