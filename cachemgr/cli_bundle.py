@@ -11,7 +11,7 @@ import click
 
 from . import signing
 from .bundle.container import read_part_header
-from .bundle.export import build_manifest, select_refs, write_bundle
+from .bundle.export import build_manifest, live_pins, select_refs, write_bundle
 from .bundle.format import Inventory
 from .bundle.importer import ImportResult, import_bundle, take_inventory
 from .cliutil import Ctx, json_option, pass_ctx, run_reporting
@@ -19,6 +19,7 @@ from .errors import BundleError, UsageError
 from .fsutil import atomic_write, clean_stale_temps
 from .output import emit_json
 from .progress import Bars
+from .refs import RefIndex
 from .store import Store
 from .units import format_size, parse_size
 
@@ -36,6 +37,8 @@ def _store(c: Ctx, must_exist: bool) -> Store:
 @click.command()
 @click.argument("handles", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Export every model in the store.")
+@click.option("--pinned", is_flag=True, help="Export every pinned model (live pins).")
+@click.option("--with-pins", is_flag=True, help="Carry the pins themselves, so the other side keeps them pinned.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle file (.tar.zst).")
 @click.option("--have", type=click.Path(path_type=Path),
               help="Inventory of the receiving side (cachemgr inventory): pack only the blobs it lacks.")
@@ -43,8 +46,8 @@ def _store(c: Ctx, must_exist: bool) -> Store:
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), help="Sign with this ed25519 key (keygen).")
 @json_option
 @pass_ctx
-def export(c: Ctx, handles: tuple[str, ...], everything: bool, output: Path, have: Path | None,
-           split_size: str | None, sign_key: Path | None, as_json: bool) -> None:
+def export(c: Ctx, handles: tuple[str, ...], everything: bool, pinned: bool, with_pins: bool, output: Path,
+           have: Path | None, split_size: str | None, sign_key: Path | None, as_json: bool) -> None:
     """Write models (their refs, manifests and blobs, each once) to one .tar.zst bundle."""
 
     def go() -> None:
@@ -56,7 +59,11 @@ def export(c: Ctx, handles: tuple[str, ...], everything: bool, output: Path, hav
                 inv = Inventory.from_bytes(have.read_bytes(), str(have))
             except OSError as exc:
                 raise UsageError(f"cannot read inventory {have} ({exc.strerror}); fix the path") from None
-        bundle = build_manifest(store, select_refs(store, handles, everything), inv)
+        pins = live_pins(store)
+        refs = select_refs(store, handles, everything, pins if pinned else ())
+        exported = {r.handle for r in refs}
+        carried = [p for p in pins if RefIndex(store).canonical_for(p.asked) in exported] if with_pins else None
+        bundle = build_manifest(store, refs, inv, pins=carried)
         bar = Bars(sys.stderr.isatty() and not as_json).new(f"export {output.name}")
         try:
             result = write_bundle(store, bundle, output, split_size=split, sign_key=sign_key, bar=bar)
@@ -67,6 +74,7 @@ def export(c: Ctx, handles: tuple[str, ...], everything: bool, output: Path, hav
             "outputs": outputs, "size": result.size,
             "models": [r.handle for r in bundle.refs], "blobs": len(bundle.blobs),
             "packed_blobs": len(bundle.packed), "packed_bytes": bundle.packed_bytes,
+            "pins": len(bundle.pins or []),
             "signer": signing.fingerprint(result.signer) if result.signer else None,
         }
         if as_json:
@@ -105,6 +113,8 @@ def _report(result: ImportResult) -> None:
         for status, handles in (("added", result.added), ("updated", result.updated)):
             for handle in handles:
                 click.echo(f"  {status:9}{handle}")
+    for handle in result.pins_added:
+        click.echo(f"  pinned   {handle}")
     if result.signer:
         trust = "trusted key" if result.trusted else "key not checked against a trusted list"
         click.echo(f"signature: good, by {signing.fingerprint(result.signer)} ({trust})")

@@ -435,3 +435,28 @@ def test_signature_policy(src: Src, signed: Path, keys: tuple[Path, Path], airga
     r = cli("import", str(signed), "--require-signature", k1pub)
     assert r.code == 0, r.err
     assert "signature: good" in r.out and "(trusted key)" in r.out and fingerprint in r.out
+
+
+def test_export_pinned_with_pins(src: Src, tmp_path: Path) -> None:
+    """--pinned exports exactly the pinned models; --with-pins carries the pins across."""
+    home = tmp_path / "pinsrc"
+    cli = src.home_cli(home)
+    bundle = src.root / "full.tar.zst"
+    assert cli("import", str(bundle)).code == 0
+    assert cli("pin", TEXT1, "--reason", "production").code == 0
+    out = tmp_path / "pinned.tar.zst"
+    r = cli("export", "--pinned", "--with-pins", "-o", str(out), "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["models"] == [TEXT1] and doc["pins"] == 1
+    receiver = src.home_cli(tmp_path / "dst")
+    r = receiver("--offline", "import", str(out), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["results"][0]["pins_added"] == [TEXT1]
+    listed = json.loads(receiver("--offline", "pins", "--json", "--no-check").out)["pins"]
+    assert [(p["asked"], p["reason"], p["state"]) for p in listed] == [(TEXT1, "production", "ok")]
+    # Without --with-pins nothing is pinned on the other side.
+    plain = tmp_path / "plain.tar.zst"
+    assert cli("export", "--pinned", "-o", str(plain)).code == 0
+    other = src.home_cli(tmp_path / "dst2")
+    assert json.loads(other("import", str(plain), "--json").out)["results"][0]["pins_added"] == []

@@ -19,6 +19,7 @@ import zstandard
 
 from .. import __version__, signing
 from ..errors import StoreError, UsageError
+from ..pins import Pin, read_pins
 from ..progress import Bar
 from ..refs import Ref, RefIndex
 from ..store import Store
@@ -39,20 +40,32 @@ class ExportResult:
     signer: str | None
 
 
-def select_refs(store: Store, handles: Iterable[str], everything: bool) -> list[Ref]:
+def select_refs(store: Store, handles: Iterable[str], everything: bool, pinned: Iterable[Pin] = ()) -> list[Ref]:
+    """The refs to export: named handles, every live pin's model, or everything."""
     index = RefIndex(store)
     if everything:
         refs = index.all()
         if not refs:
             raise UsageError(f"the store {store.home} holds no models; pull some first")
         return refs
-    chosen = {ref.handle: ref for ref in (index.require(h) for h in handles)}
+    wanted = list(handles)
+    for pin in pinned:
+        if index.lookup(pin.asked) is None:
+            raise UsageError(f"pinned model {pin.asked} is not in the store; `cachemgr pull {pin.asked}` first")
+        wanted.append(pin.asked)
+    chosen = {ref.handle: ref for ref in (index.require(h) for h in wanted)}
     if not chosen:
-        raise UsageError("name the models to export (HANDLE...) or use --all")
+        raise UsageError("name the models to export (HANDLE...), or use --pinned or --all")
     return sorted(chosen.values(), key=lambda r: r.handle)
 
 
-def build_manifest(store: Store, refs: list[Ref], have: Inventory | None, now: float | None = None) -> BundleManifest:
+def live_pins(store: Store, now: float | None = None) -> list[Pin]:
+    moment = time.time() if now is None else now
+    return [p for p in read_pins(store) if not p.expired(moment)]
+
+
+def build_manifest(store: Store, refs: list[Ref], have: Inventory | None, now: float | None = None,
+                   pins: Iterable[Pin] | None = None) -> BundleManifest:
     manifests = {ref.manifest: store.read_manifest(ref.manifest) for ref in refs}
     base = None
     if have is not None:
@@ -63,7 +76,7 @@ def build_manifest(store: Store, refs: list[Ref], have: Inventory | None, now: f
         refs=tuple(refs),
         manifests=manifests,
         blobs=plan_blobs(refs, manifests, have),
-        pins=None,
+        pins=None if pins is None else [p.to_json() for p in pins],
         base=base,
     )
 

@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, cast
 
@@ -36,6 +36,7 @@ from ..errors import (
     TruncatedBundleError,
 )
 from ..fsutil import disk_error, remove_quietly
+from ..pins import Pin, find_pin, write_pin
 from ..progress import Bar
 from ..refs import RefIndex
 from ..store import Store
@@ -68,12 +69,13 @@ class ImportResult:
     blobs_skipped: int
     signer: str | None
     trusted: bool
+    pins_added: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
             "bundle": self.where, "noop": self.noop, "added": self.added, "updated": self.updated,
             "unchanged": self.unchanged, "blobs_added": self.blobs_added, "bytes_added": self.bytes_added,
-            "blobs_skipped": self.blobs_skipped,
+            "blobs_skipped": self.blobs_skipped, "pins_added": self.pins_added,
             "signer": signing.fingerprint(self.signer) if self.signer else None, "trusted": self.trusted,
         }
 
@@ -219,11 +221,23 @@ def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: lis
                          "(a concurrent prune?); import again")
     if not plan.noop:
         _publish(store, bundle, plan)
+    pins_added = _import_pins(store, bundle)
     return ImportResult(
         where=where, noop=plan.noop, added=plan.by_status("added"), updated=plan.by_status("updated"),
         unchanged=plan.by_status("unchanged"), blobs_added=len(added), bytes_added=sum(added.values()),
-        blobs_skipped=len(plan.verify_only), signer=signer, trusted=bool(trusted),
+        blobs_skipped=len(plan.verify_only), signer=signer, trusted=bool(trusted), pins_added=pins_added,
     )
+
+
+def _import_pins(store: Store, bundle: BundleManifest) -> list[str]:
+    """Pins carried by the bundle (export --with-pins) that this store does not have yet."""
+    added = []
+    for doc in bundle.pins or []:
+        pin = Pin.from_json(doc)
+        if find_pin(store, pin.asked) is None:
+            write_pin(store, pin)
+            added.append(pin.asked)
+    return added
 
 
 def source_limit(segments: list[Segment], whole: bool) -> int:
