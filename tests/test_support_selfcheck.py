@@ -7,7 +7,6 @@ import base64
 import gzip
 import hashlib
 import http.client
-import importlib.util
 import io
 import json
 import os
@@ -33,8 +32,7 @@ except ModuleNotFoundError:  # plain `pytest` without the repo root on sys.path
     from tests.support.crc32c import crc32c, crc32c_py
     from tests.support.origin import FakeOrigin
 
-HAVE_TF = all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorflow_hub", "tf_keras"))
-needs_tf = pytest.mark.skipif(not HAVE_TF, reason="tensorflow / tensorflow_hub / tf-keras missing")
+
 
 ARCHIVE = A.tar_bytes(
     [
@@ -383,7 +381,6 @@ def _run_tf(script: str, args: list[str], cache_dir: Path) -> dict[str, object]:
     return result
 
 
-@needs_tf
 def test_mymul_through_real_tensorflow_hub(built: Path, tmp_path: Path) -> None:
     archive = A.make_archive(built / "mymul", tmp_path / "mymul.tar.gz", "gz", dot_prefix=True)
     with FakeOrigin(local_redirects=True) as o:
@@ -397,7 +394,6 @@ def test_mymul_through_real_tensorflow_hub(built: Path, tmp_path: Path) -> None:
     assert str(res["keras"]).startswith("tf_keras")
 
 
-@needs_tf
 def test_text_embedding_versions(built: Path, tmp_path: Path) -> None:
     archives = {v: A.archive_bytes(built / f"te{v}", "gz") for v in (1, 2)}
     m1, m2 = (A.archive_members(archives[v]) for v in (1, 2))
@@ -418,7 +414,6 @@ def test_text_embedding_versions(built: Path, tmp_path: Path) -> None:
     assert r1["y"][2] == [0.0, 0.0, 0.0, 0.0]  # type: ignore[index]
 
 
-@needs_tf
 def test_hostile_builders_with_a_real_model(built: Path) -> None:
     mymul = built / "mymul"
     names = set(A.archive_members(A.missing_shard_archive(mymul)))
