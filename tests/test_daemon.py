@@ -338,3 +338,24 @@ def test_daemon_refetches_a_quarantined_model(cli: Cli, origin: FakeOrigin, home
     assert code == 200, doc
     assert __import__("hashlib").sha256((Path(doc["path"]) / "saved_model.pb").read_bytes()).hexdigest() == digest
     assert origin.completed("gcs") == 2
+
+
+def test_daemon_background_scrub_quarantines_corruption(cli: Cli, origin: FakeOrigin, home: Path,
+                                                        daemons: list[Daemon]) -> None:
+    import hashlib
+
+    assert cli("pull", TFHUB).code == 0
+    info = json.loads(cli("info", TFHUB, "--json").out)
+    manifest = json.loads((home / "manifests" / "sha256" / f"{info['manifest']}.json").read_text())
+    digest = next(f[3] for f in manifest["files"] if f[0] == "saved_model.pb")
+    blob = home / "blobs" / "sha256" / digest[:2] / digest
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[10] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    view = home / "view" / hashlib.sha1(TFHUB.encode()).hexdigest()
+    assert view.is_symlink()
+    d = start(daemons, cli, home, env={"CACHEMGR_SCRUB_RATE": "100M"})
+    assert wait_for(lambda: not blob.exists() and not os.path.lexists(view), 60), d.output()
+    assert any((home / "quarantine").iterdir())
+    assert wait_for(lambda: "background scrub" in d.output(), 30), d.output()
