@@ -15,6 +15,7 @@ import aiohttp
 from cachemgr.catalog import relink
 from cachemgr.errors import CachemgrError, StoreError
 from cachemgr.fetch import make_session
+from cachemgr.fsutil import remove_quietly
 from cachemgr.handles import parse_handle
 from cachemgr.pull import Puller, PullResult, offline_miss, open_store
 from cachemgr.refs import Ref, RefIndex
@@ -149,10 +150,13 @@ class DaemonState:
         return done
 
     async def _fetch(self, text: str, refresh: bool = False) -> PullResult:
+        marker = self.store.new_temp("inflight")  # a concurrent prune keeps refs written while it exists
         try:
             result = await self.puller.pull_one(text, self.session, refresh)
         except CachemgrError as err:
             return PullResult(text, "failed", error=err)
+        finally:
+            remove_quietly(marker)
         if result.ref is not None and result.ref.archive_size:
             self.metrics.upstream_bytes += result.ref.archive_size
         return result
