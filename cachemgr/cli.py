@@ -13,7 +13,7 @@ import click
 
 from . import __version__, cli_bundle, cli_daemon, cli_lifecycle
 from .cliutil import Ctx, json_option, pass_ctx, run_reporting
-from .errors import exit_code_for
+from .errors import NotCachedError, exit_code_for
 from .output import emit_json, table
 from .progress import Bars
 from .pull import Puller, add_local, open_store
@@ -175,6 +175,9 @@ def path(c: Ctx, handle: str, as_json: bool) -> None:
         store = _existing_store(c)
         ref = RefIndex(store).require(handle)
         snap = store.snapshot_path(ref.manifest)
+        if not snap.is_dir():
+            raise NotCachedError(f"{handle} is recorded but out of service (quarantined or pruned); run "
+                                 f"`cachemgr verify --repair` or `cachemgr pull --refresh {handle}`")
         record_handle_use(store.home, ref.handle)
         if as_json:
             emit_json({"handle": ref.handle, "path": str(snap), "manifest": ref.manifest})

@@ -340,6 +340,8 @@ def test_daemon_refetches_a_quarantined_model(cli: Cli, origin: FakeOrigin, home
     blob, digest = corrupt_saved_model_pb(cli, home, TFHUB)
     r = cli("verify")
     assert r.code == 11, r.out + r.err
+    r = cli("path", TFHUB)
+    assert r.code == 5 and "out of service" in r.err
     d = start(daemons, cli, home)
     code, doc = d.call("POST", "/v1/resolve", {"handle": TFHUB})
     assert code == 200, doc
