@@ -80,10 +80,8 @@ class DaemonState:
     def reload(self, overrides: Mapping[str, Any]) -> Settings:
         """Re-read config and environment (SIGHUP). Raises ConfigError and keeps the old ones."""
         settings = load_settings(self.env, self.config_arg, overrides)
-        old = self.puller
         self.settings = settings
-        self.puller = Puller(settings, self.store)
-        old.pool.shutdown(wait=False)
+        self.puller.settings = settings  # same worker pool: fetches already running keep going
         log.info("configuration reloaded from %s", [str(p) for p in settings.config_files] or "defaults")
         return settings
 
