@@ -319,12 +319,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=8, help="processes per herd")
     p.add_argument("--rounds", type=int, default=2, help="rounds (each runs both herds, order alternating)")
     p.add_argument("--size-mb", type=int, default=200, help="model size in MiB of float32 weights")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/cachemgr-bench"),
-                   help="where the built archive is cached and the runs write")
     p.add_argument("--rebuild", action="store_true", help="build the model archive again")
-    p.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
-                   help="total time to spend waiting for an idle machine before herds (0: never wait)")
+    bp.add_common_args(p, quiet_wait=30.0)
     args = p.parse_args(argv)
     if not 1 <= args.procs <= 64 or not 1 <= args.rounds <= 20 or args.size_mb < 1:
         p.error("--procs must be 1..64, --rounds 1..20, --size-mb >= 1")
@@ -332,11 +328,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> int:
-    workdir: Path = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    empty_config = workdir / "empty-config.toml"
-    empty_config.write_text("")
-    env = bp.child_env({}, empty_config)
+    workdir, env = bp.bench_env(args.workdir)
     root, archive = bp.ensure_archive(workdir, args.size_mb, args.rebuild, env)
     archive_bytes = archive.stat().st_size
     with archive.open("rb") as fh:  # warm the page cache: every herd then downloads from memory

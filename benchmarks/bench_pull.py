@@ -273,6 +273,24 @@ def run_child(
     return ChildResult(wall, usage.ru_maxrss / 1024, cpu, other, text, report)
 
 
+def add_common_args(p: argparse.ArgumentParser, quiet_wait: float) -> None:
+    """--json, --workdir and --quiet-wait, which every benchmark takes."""
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/cachemgr-bench"),
+                   help="where built models are cached and the runs write")
+    p.add_argument("--quiet-wait", type=float, default=quiet_wait, metavar="SECONDS",
+                   help="total time to spend waiting for an idle machine before runs (0: never wait)")
+
+
+def bench_env(workdir: Path, extra: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+    """The resolved work directory (created) and the environment for benchmark children."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    empty_config = workdir / "empty-config.toml"
+    empty_config.write_text("")
+    return workdir, child_env(extra or {}, empty_config)
+
+
 def child_env(extra: dict[str, str], empty_config: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CACHEMGR_", "TFHUB_"))}
     env.update(
@@ -523,12 +541,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--size-mb", type=int, default=200, help="model size in MiB of float32 weights")
     p.add_argument("--runs", type=int, default=3, help="rounds (each pulls with all three)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/cachemgr-bench"),
-                   help="where the built archive is cached and the runs write")
     p.add_argument("--rebuild", action="store_true", help="build the model archive again")
-    p.add_argument("--quiet-wait", type=float, default=45.0, metavar="SECONDS",
-                   help="total time to spend waiting for an idle machine before runs (0: never wait)")
+    add_common_args(p, quiet_wait=45.0)
     args = p.parse_args(argv)
     if args.size_mb < 1 or args.runs < 1:
         p.error("--size-mb and --runs must be at least 1")
@@ -536,11 +550,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> int:
-    workdir: Path = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    empty_config = workdir / "empty-config.toml"
-    empty_config.write_text("")
-    env = child_env({}, empty_config)
+    workdir, env = bench_env(args.workdir)
     root, archive = ensure_archive(workdir, args.size_mb, args.rebuild, env)
     archive_bytes = archive.stat().st_size
     with archive.open("rb") as fh:  # warm the page cache: every run then serves from memory

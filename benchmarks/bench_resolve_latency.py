@@ -300,10 +300,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rate-seconds", type=float, default=5.0, help="length of each open-loop run")
     p.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="load generator HTTP client")
     p.add_argument("--fresh-connections", action="store_true", help="one connection per request")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/cachemgr-bench"), help="cache and scratch directory")
-    p.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
-                   help="total time to spend waiting for an idle machine before phases (0: never wait)")
+    bp.add_common_args(p, quiet_wait=30.0)
     args = p.parse_args(argv)
     try:
         args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
@@ -318,11 +315,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> int:
-    workdir: Path = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    empty_config = workdir / "empty-config.toml"
-    empty_config.write_text("")
-    env = bp.child_env({"CACHEMGR_OFFLINE": "1"}, empty_config)
+    workdir, env = bp.bench_env(args.workdir, {"CACHEMGR_OFFLINE": "1"})
     models = ensure_small_models(workdir, [float(i + 2) for i in range(MODELS)], env)
     added, asked = hit_handles(MODELS)
     scratch = workdir / "latency"

@@ -220,10 +220,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=2000, help="timed hub.resolve calls per child")
     p.add_argument("--warmup", type=int, default=200, help="untimed calls first")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each runs both children, order alternating)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/cachemgr-bench"), help="cache and scratch directory")
-    p.add_argument("--quiet-wait", type=float, default=30.0, metavar="SECONDS",
-                   help="total time to spend waiting for an idle machine (0: never wait)")
+    bp.add_common_args(p, quiet_wait=30.0)
     args = p.parse_args(argv)
     if not (2 <= args.iterations <= 200_000 and 0 <= args.warmup <= 100_000 and 1 <= args.rounds <= 20):
         p.error("--iterations 2..200000, --warmup 0..100000, --rounds 1..20")
@@ -231,11 +228,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> int:
-    workdir: Path = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    empty_config = workdir / "empty-config.toml"
-    empty_config.write_text("")
-    env = bp.child_env({}, empty_config)
+    workdir, env = bp.bench_env(args.workdir)
     try:
         scratch, home, plain = prepare(workdir, env)
     except bp.ChildError as exc:
