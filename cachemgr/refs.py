@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import NotCachedError, StoreError
+from .errors import HandleError, NotCachedError, StoreError
 from .fsutil import atomic_write
 from .handles import Handle, parse_handle
 from .store import Store
@@ -89,7 +89,7 @@ class RefIndex:
         candidates = [text]
         try:
             candidates.append(parse_handle(text).canonical)
-        except Exception:  # noqa: BLE001 - an unparsable string can still be a stored alias
+        except HandleError:  # an unparsable string can still be a stored alias
             pass
         for cand in candidates:
             if self.ref_path(cand).exists():
