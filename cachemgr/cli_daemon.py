@@ -22,14 +22,19 @@ PTH_NAME = "cachemgr-shim.pth"
 @click.command()
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Unix socket [CACHEMGR_SOCKET].")
 @click.option("--listen", multiple=True, help="Also serve TCP on HOST:PORT (repeatable) [CACHEMGR_LISTEN].")
+@click.option("--workers", help="Processes serving the sockets: N or 'auto' (one per core, at most 4) "
+              "[CACHEMGR_WORKERS].")
 @click.option("--ready-file", type=click.Path(path_type=Path), hidden=True)
 @pass_ctx
-def daemon(c: Ctx, socket_path: Path | None, listen: tuple[str, ...], ready_file: Path | None) -> None:
+def daemon(c: Ctx, socket_path: Path | None, listen: tuple[str, ...], workers: str | None,
+           ready_file: Path | None) -> None:
     """Run the cache daemon (resolve API, mirror, watcher)."""
     if socket_path is not None:
         c.overrides["socket"] = socket_path
     if listen:
         c.overrides["listen"] = list(listen)
+    if workers is not None:
+        c.overrides["workers"] = workers
 
     def go() -> None:
         from cachemgrd.main import run  # the CLI depends on the daemon package, never the reverse
@@ -54,7 +59,9 @@ def status(c: Ctx, as_json: bool) -> None:
         if as_json:
             emit_json(doc)
             return
-        click.echo(f"daemon {doc['version']} pid {doc['pid']} up {doc['uptime']:.0f}s, store {doc['home']}")
+        workers = doc.get("workers") or []
+        procs = f" (+{len(workers)} workers: {', '.join(map(str, workers))})" if workers else ""
+        click.echo(f"daemon {doc['version']} pid {doc['pid']}{procs} up {doc['uptime']:.0f}s, store {doc['home']}")
         click.echo(f"models {doc['store_entries']}, {format_size(doc['store_bytes'])}; hits {doc['hits']}, "
                    f"misses {doc['misses']}, in flight {len(doc['inflight'])}, offline {doc['offline']}")
 

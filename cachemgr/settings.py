@@ -41,6 +41,9 @@ class Settings:
     upstreams: tuple[str, ...] = ()
     prefetch_file: Path | None = None
     max_body: int = 1024 * 1024
+    # Processes that accept on the daemon's sockets: the primary plus workers-1 that answer
+    # hits and forward everything else to it. None: one per core, at most MAX_AUTO_WORKERS.
+    workers: int | None = None
     # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
     trusted_keys: tuple[str, ...] = ()
     # Lifecycle: watermarks for automatic pruning (daemon) and background scrubbing.
@@ -61,6 +64,16 @@ class Settings:
     @property
     def prefetch_path(self) -> Path:
         return self.prefetch_file or self.home / "prefetch.toml"
+
+    def worker_count(self, cpus: int | None) -> int:
+        """How many processes serve the sockets (``workers``, else one per core up to a cap)."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(cpus or 1, MAX_AUTO_WORKERS))
+
+
+MAX_AUTO_WORKERS = 4
+MAX_WORKERS = 64
 
 
 def default_socket(env: Mapping[str, str]) -> Path:
@@ -170,6 +183,13 @@ def _convert(key: str, value: Any, source: str) -> Any:
         return tuple(u.rstrip("/") for u in items)
     if key == "max_body":
         return parse_size(value, source)
+    if key == "workers":
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        count = _int(value, source, minimum=1)
+        if count > MAX_WORKERS:
+            raise ConfigError(f"{source}: {count} workers is more than {MAX_WORKERS}; use 'auto' or fewer")
+        return count
     if key == "trusted_keys":
         return _trusted_keys(value, source)
     raise ConfigError(f"{source}: unknown setting {key!r}")
@@ -207,6 +227,7 @@ _ENV_KEYS = {
     "CACHEMGR_TOKEN": "token",
     "CACHEMGR_UPSTREAMS": "upstreams",
     "CACHEMGR_PREFETCH_FILE": "prefetch_file",
+    "CACHEMGR_WORKERS": "workers",
     "CACHEMGR_TRUSTED_KEYS": "trusted_keys",
     "CACHEMGR_PRUNE_MAX_SIZE": "prune_max_size",
     "CACHEMGR_PRUNE_MIN_FREE": "prune_min_free",

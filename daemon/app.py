@@ -6,32 +6,72 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cachemgr import __version__
 from cachemgr.errors import CachemgrError, FetchError, HandleError, NotCachedError
 from cachemgr.handles import parse_handle
-from cachemgr.refs import Ref
+from cachemgr.refs import Ref, RefIndex
+from cachemgr.settings import Settings
+from cachemgr.store import Store
 
+from .forward import VIA_HEADER, client_is_tcp
+from .hitpath import Resolved
 from .httperrors import error_response, plain_error
-from .metrics import render
+from .metrics import Metrics, render
 from .state import DaemonState
 from .tarstream import gzip_chunks, tar_chunks, tar_size
 
 log = logging.getLogger("cachemgrd")
-STATE = web.AppKey("state", DaemonState)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class Serving(Protocol):
+    """What the handlers that both the primary and its workers run need of their state."""
+
+    settings: Settings
+    store: Store
+    index: RefIndex
+    metrics: Metrics
+
+    async def resolve(self, text: str) -> Resolved: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class WorkerTotals(Protocol):
+    """The primary's view of its workers (``daemon.workers.WorkerPool``)."""
+
+    def totals(self) -> dict[str, int]: ...
+
+    def pids(self) -> list[int]: ...
+
+
+STATE = web.AppKey("state", Serving)
+PRIMARY = web.AppKey("primary", DaemonState)  # only in the primary's app
+WORKERS = web.AppKey("workers", WorkerTotals)  # only in the primary's app, when it has workers
+INTERNAL_SOCKET = web.AppKey("internal_socket", str)  # the private socket workers forward to
+
+
 def _is_tcp(request: web.Request) -> bool:
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return isinstance(sockname, tuple)
+    """Whether the client is on TCP: its own connection, or (forwarded) the worker's word for it."""
+    if client_is_tcp(request):
+        return True
+    internal = request.app.get(INTERNAL_SOCKET)
+    if internal is None or request.transport is None:
+        return False
+    return bool(request.transport.get_extra_info("sockname") == internal
+                and request.headers.get(VIA_HEADER) == "tcp")
 
 
 def _check_token(request: web.Request) -> web.Response | None:
@@ -50,7 +90,7 @@ def _check_token(request: web.Request) -> web.Response | None:
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        doc = await request.json()
+        doc = json.loads(await request.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         message = f"request body is not valid JSON ({exc})"
         raise web.HTTPBadRequest(text=json.dumps({"error": {"type": "bad_json", "message": message}}),
@@ -73,19 +113,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    return web.json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
+
+
+def _worker_totals(request: web.Request) -> tuple[dict[str, int], list[int]]:
+    workers = request.app.get(WORKERS)
+    if workers is None:
+        return {"hits": 0, "requests": 0, "forwarded": 0}, []
+    return workers.totals(), workers.pids()
 
 
 async def status(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state = request.app[PRIMARY]
     store_bytes, entries = state.store_totals()
     m = state.metrics
+    totals, pids = _worker_totals(request)
     return web.json_response({
-        "version": __version__, "pid": __import__("os").getpid(), "home": str(state.store.home),
+        "version": __version__, "pid": os.getpid(), "workers": pids, "home": str(state.store.home),
         "uptime": round(time.time() - state.started, 3), "offline": state.settings.offline,
-        "inflight": sorted(state.inflight), "hits": m.hits, "misses": m.misses, "fetches": m.fetches,
-        "upstream_bytes": m.upstream_bytes, "errors": m.errors, "store_bytes": store_bytes,
+        "inflight": sorted(state.inflight), "hits": m.hits + totals["hits"], "misses": m.misses,
+        "fetches": m.fetches, "upstream_bytes": m.upstream_bytes, "errors": m.errors, "store_bytes": store_bytes,
         "store_entries": entries, "upstreams": list(state.settings.upstreams),
+        "worker_requests": totals["requests"], "forwarded": totals["forwarded"],
     })
 
 
@@ -98,7 +147,7 @@ async def resolve(request: web.Request) -> web.Response:
     if not isinstance(handle, str):
         return plain_error(400, "bad_request", "body must be {\"handle\": \"<model handle>\"}")
     resolved = await request.app[STATE].resolve(handle)
-    return web.json_response(resolved.to_json())
+    return web.Response(body=resolved.body, content_type="application/json")
 
 
 async def pull(request: web.Request) -> web.Response:
@@ -109,7 +158,7 @@ async def pull(request: web.Request) -> web.Response:
     handles = doc.get("handles")
     if not isinstance(handles, list) or not all(isinstance(h, str) for h in handles) or not handles:
         return plain_error(400, "bad_request", "body must be {\"handles\": [\"<handle>\", ...]}")
-    state = request.app[STATE]
+    state = request.app[PRIMARY]
     results = []
     for h in handles:
         try:
@@ -119,7 +168,7 @@ async def pull(request: web.Request) -> web.Response:
     return web.json_response({"results": results})
 
 
-def _ref_for(state: DaemonState, handle: str) -> Ref:
+def _ref_for(state: Serving, handle: str) -> Ref:
     ref = state.index.lookup(handle)
     if ref is None:
         raise NotCachedError(f"{handle} is not in this daemon's store")
@@ -150,9 +199,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state = request.app[PRIMARY]
     store_bytes, entries = state.store_totals()
-    text = render(state.metrics, len(state.inflight), store_bytes, entries)
+    totals, pids = _worker_totals(request)
+    text = render(state.metrics, len(state.inflight), store_bytes, entries, totals, len(pids) + 1)
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
@@ -212,9 +262,14 @@ async def hosting(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def create_app(state: DaemonState) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=state.settings.max_body)
+def create_app(state: Serving, forward: Handler | None = None, middleware: Middleware | None = None
+               ) -> web.Application:
+    """The primary's app, or (with ``forward``) a worker's: the read-only paths are served here,
+    the primary-only endpoints go to ``forward``, and so does whatever ``middleware`` sends there."""
+    app = web.Application(middlewares=[middleware or errors_middleware], client_max_size=state.settings.max_body)
     app[STATE] = state
+    if isinstance(state, DaemonState):
+        app[PRIMARY] = state
 
     async def lifecycle(app: web.Application) -> Any:
         await state.start()
@@ -223,12 +278,14 @@ def create_app(state: DaemonState) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/v1/health", health)
-    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/status", forward or status)
     app.router.add_post("/v1/resolve", resolve)
-    app.router.add_post("/v1/pull", pull)
+    app.router.add_post("/v1/pull", forward or pull)
     app.router.add_get("/v1/refs", get_ref)
     app.router.add_get("/v1/manifests/{digest}", get_manifest)
     app.router.add_get("/v1/blobs/{digest}", get_blob)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", forward or metrics)
     app.router.add_get("/{path:.+}", hosting)
+    if forward is not None:
+        app.router.add_route("*", "/{path:.*}", forward)  # anything else: the primary's answer, 404/405 included
     return app

@@ -3,90 +3,80 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from cachemgr.errors import CachemgrError, ConfigError
+from cachemgr.errors import CachemgrError
 from cachemgr.settings import Settings
 
 from . import systemd
-from .app import create_app
+from .app import INTERNAL_SOCKET, WORKERS, create_app
+from .listeners import LISTEN_BACKLOG, Listeners, bind_all
 from .state import DaemonState
 from .watch import Watcher
+from .workers import WorkerPool
 
 log = logging.getLogger("cachemgrd")
-STOP_TIMEOUT = 8.0
-LISTEN_BACKLOG = 4096  # herds of hundreds of processes connect at once (the kernel caps it at somaxconn)
 
 
-def _socket_in_use(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-async def _bind(runner: web.AppRunner, settings: Settings, env: Mapping[str, str]) -> list[str]:
-    where: list[str] = []
-    inherited = systemd.listen_sockets(env)
-    for sock in inherited:
-        await web.SockSite(runner, sock).start()
-        where.append(f"fd:{sock.fileno()}")
-    if inherited:
-        return where
-    path = settings.socket
-    assert path is not None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() or path.is_symlink():
-        if _socket_in_use(path):
-            raise ConfigError(f"socket {path} is in use by another daemon; stop it or set --socket")
-        path.unlink()
-    await web.UnixSite(runner, str(path), backlog=LISTEN_BACKLOG).start()
-    os.chmod(path, 0o660)
-    where.append(f"unix:{path}")
-    for addr in settings.listen:
-        host, _, port = addr.rpartition(":")
-        await web.TCPSite(runner, host.strip("[]"), int(port), backlog=LISTEN_BACKLOG).start()
-        where.append(f"tcp:{addr}")
-    return where
+async def _serve_sockets(runner: web.AppRunner, listeners: Listeners, pool: WorkerPool | None) -> None:
+    for sock in listeners.sockets:
+        await web.SockSite(runner, sock, backlog=LISTEN_BACKLOG).start()
+    if pool is not None:
+        await web.UnixSite(runner, pool.primary_socket, backlog=LISTEN_BACKLOG).start()
+        os.chmod(pool.primary_socket, 0o600)
 
 
 async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, overrides: Mapping[str, Any],
                 ready_file: Path | None = None) -> None:
-    state = DaemonState(settings, env, config_arg)
-    app = create_app(state)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    try:
-        where = await _bind(runner, settings, env)
-    except BaseException:
-        await runner.cleanup()
-        raise
-    watcher = Watcher(state)
-    watcher.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # first: a SIGTERM during start-up stops us cleanly
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP during start-up ignored; send it again"))
+    state = DaemonState(settings, env, config_arg)
+    app = create_app(state)
+    count = settings.worker_count(os.cpu_count())
+    listeners = bind_all(settings, env)
+    pool = WorkerPool(listeners, env) if count > 1 else None
+    if pool is not None:
+        app[WORKERS] = pool
+        app[INTERNAL_SOCKET] = pool.primary_socket
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
+    try:
+        await runner.setup()
+        await _serve_sockets(runner, listeners, pool)
+        if pool is not None:
+            await pool.start(settings, count)
+    except BaseException:
+        if pool is not None:
+            await pool.stop()
+        await runner.cleanup()
+        listeners.close()
+        raise
+    where = listeners.where
+    watcher = Watcher(state)
+    watcher.start()
 
     def reload() -> None:
         try:
             new = state.reload(overrides)
-            watcher.state.settings = new
-            systemd.notify("STATUS=configuration reloaded", env)
         except CachemgrError as err:
             log.error("reload refused, keeping the running configuration: %s", err)
+            return
+        watcher.state.settings = new
+        if pool is not None:
+            state.spawn(pool.reload(new, new.worker_count(os.cpu_count())))
+        elif new.worker_count(os.cpu_count()) > 1:
+            log.warning("reload: this daemon started with one process; restart it to add workers")
+        systemd.notify("STATUS=configuration reloaded", env)
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     interval = systemd.watchdog_interval(env)
     if interval:
@@ -95,7 +85,8 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
                 systemd.notify("WATCHDOG=1", env)
                 await asyncio.sleep(interval)
         state.spawn(ping())
-    log.info("cachemgr daemon ready on %s, store %s", ", ".join(where), state.store.home)
+    procs = f", primary and workers {pool.pids()}" if pool is not None else ""
+    log.info("cachemgr daemon ready on %s, store %s%s", ", ".join(where), state.store.home, procs)
     systemd.notify(f"READY=1\nSTATUS=serving on {', '.join(where)}", env)
     if ready_file is not None:
         ready_file.write_text("\n".join(where) + "\n")
@@ -106,10 +97,10 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     for task in list(state.inflight.values()):
         task.cancel()
     await asyncio.gather(*state.inflight.values(), return_exceptions=True)
+    if pool is not None:
+        await pool.stop()  # workers finish their requests (forwarded ones too) while we still serve
     await runner.cleanup()
-    if settings.socket is not None and not any(w.startswith("fd:") for w in where):
-        with contextlib.suppress(FileNotFoundError):
-            settings.socket.unlink()
+    listeners.close()
     log.info("stopped")
 
 

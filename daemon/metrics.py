@@ -36,11 +36,14 @@ def store_totals(home: Path) -> tuple[int, int]:
     return total, entries
 
 
-def render(m: Metrics, inflight: int, store_bytes: int, store_entries: int) -> str:
+def render(m: Metrics, inflight: int, store_bytes: int, store_entries: int,
+           workers: dict[str, int] | None = None, processes: int = 1) -> str:
+    """Prometheus text; ``workers`` are the worker processes' summed counters (counters.FIELDS)."""
+    w = workers or {}
     lines = [
         "# HELP cachemgr_hits_total Resolve requests answered from the store.",
         "# TYPE cachemgr_hits_total counter",
-        f"cachemgr_hits_total {m.hits}",
+        f"cachemgr_hits_total {m.hits + w.get('hits', 0)}",
         "# HELP cachemgr_misses_total Resolve requests that needed a fetch.",
         "# TYPE cachemgr_misses_total counter",
         f"cachemgr_misses_total {m.misses}",
@@ -64,5 +67,14 @@ def render(m: Metrics, inflight: int, store_bytes: int, store_entries: int) -> s
         "# HELP cachemgr_store_entries Models (refs) in the store.",
         "# TYPE cachemgr_store_entries gauge",
         f"cachemgr_store_entries {store_entries}",
+        "# HELP cachemgr_processes Processes serving the daemon's sockets (the primary and its workers).",
+        "# TYPE cachemgr_processes gauge",
+        f"cachemgr_processes {processes}",
+        "# HELP cachemgr_worker_requests_total Requests that worker processes received.",
+        "# TYPE cachemgr_worker_requests_total counter",
+        f"cachemgr_worker_requests_total {w.get('requests', 0)}",
+        "# HELP cachemgr_worker_forwarded_total Requests that workers passed to the primary.",
+        "# TYPE cachemgr_worker_forwarded_total counter",
+        f"cachemgr_worker_forwarded_total {w.get('forwarded', 0)}",
     ]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -18,30 +18,16 @@ from cachemgr.fetch import make_session
 from cachemgr.fsutil import remove_quietly
 from cachemgr.handles import parse_handle
 from cachemgr.pull import Puller, PullResult, offline_miss, open_store
-from cachemgr.refs import Ref, RefIndex
+from cachemgr.refs import RefIndex
 from cachemgr.settings import Settings, load_settings
 from cachemgr.usage import record_handle_use
 from cachemgr.view import hub_key
 
+from .hitpath import HitPath, Resolved
 from .metrics import Metrics, store_totals
 
 log = logging.getLogger("cachemgrd")
-RECENT_TTL = 2.0  # seconds a resolved answer is reused (the view link is still checked each time)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    ref: Ref
-    asked: str
-    view: str
-    path: str
-    fetched: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {"handle": self.asked, "canonical": self.ref.handle, "manifest": self.ref.manifest,
-                "path": self.path, "view": self.view, "fetched": self.fetched}
-
-
+RESTART_ONLY = ("home", "socket", "listen")  # bound or opened at start; SIGHUP cannot change them
 class DaemonState:
     def __init__(self, settings: Settings, env: Mapping[str, str], config_arg: Any = None) -> None:
         self.env = dict(env)
@@ -56,7 +42,7 @@ class DaemonState:
         self.started = time.time()
         self.background: set[asyncio.Task[Any]] = set()
         self._totals: tuple[float, tuple[int, int]] = (0.0, (0, 0))
-        self._recent: dict[str, tuple[float, Resolved]] = {}
+        self.hits = HitPath(self.store, self.index)
 
     def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
         """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent)."""
@@ -80,6 +66,11 @@ class DaemonState:
     def reload(self, overrides: Mapping[str, Any]) -> Settings:
         """Re-read config and environment (SIGHUP). Raises ConfigError and keeps the old ones."""
         settings = load_settings(self.env, self.config_arg, overrides)
+        changed = [k for k in RESTART_ONLY if getattr(settings, k) != getattr(self.settings, k)]
+        if changed:
+            log.warning("reload: %s changed; restart the daemon to apply that (keeping the running value)",
+                        ", ".join(changed))
+            settings = replace(settings, **{k: getattr(self.settings, k) for k in changed})
         self.settings = settings
         self.puller.settings = settings  # same worker pool: fetches already running keep going
         log.info("configuration reloaded from %s", [str(p) for p in settings.config_files] or "defaults")
@@ -93,15 +84,12 @@ class DaemonState:
 
     async def resolve(self, text: str) -> Resolved:
         """The model for ``text``, fetching it once however many callers ask at once."""
-        cached = self._recent.get(text)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < RECENT_TTL and os.path.exists(cached[1].view):
-            self.metrics.hits += 1  # a repeat within seconds: one stat instead of reading the ref again
-            return cached[1]
+        resolved = self.hits.lookup(text)
+        if resolved is not None:
+            self.metrics.hits += 1
+            return resolved
         resolved = await self._resolve(text)
-        if len(self._recent) > 10_000:
-            self._recent.clear()
-        self._recent[text] = (now, resolved)
+        self.hits.remember(text, resolved)
         return resolved
 
     async def _resolve(self, text: str) -> Resolved:
