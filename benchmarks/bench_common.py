@@ -23,19 +23,64 @@ try:
 except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
     import bench_pull as bp  # type: ignore[no-redef]
 
-__all__ = ["bp", "Daemon", "ChildPipe", "ensure_small_models", "percentiles", "proc_cpu_seconds", "pump", "reap"]
+__all__ = ["bp", "Daemon", "ChildPipe", "child_pids", "ensure_small_models", "percentiles", "proc_cpu_seconds", "pump",
+           "reap", "tree_cpu_seconds"]
 
 REPO_ROOT = bp.REPO_ROOT
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` so far (all its threads), from /proc."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), None when gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def proc_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime + stime of process ``pid`` so far (all its threads), from /proc.
+
+    With ``reaped_children``, also cutime + cstime: the CPU of its children that exited and
+    that it waited for (a crashed worker's CPU stays counted this way).
+    """
+    fields = _proc_stat(pid)
+    if fields is None:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (of all its threads), from ``/proc/PID/task/*/children``."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                out += [int(x) for x in fh.read().split()]
+        except (OSError, ValueError):
+            continue
+    return sorted(set(out))
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds per process of ``pid``'s process tree: ``pid`` itself (with its reaped children)
+    and every live descendant (with theirs). Sum the values for the tree's total."""
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo and len(out) < 1000:
+        p = todo.pop()
+        if p in out:
+            continue
+        out[p] = proc_cpu_seconds(p, reaped_children=True)
+        todo += child_pids(p)
+    return out
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -65,18 +110,28 @@ def reap(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> float:
 
 
 class Daemon:
-    """``cachemgr --home HOME daemon --socket HOME/d.sock`` as a separate process."""
+    """``cachemgr --home HOME daemon --socket SOCKET [--workers N]`` as a separate process.
 
-    def __init__(self, home: Path, env: dict[str, str], start_timeout: float = 60.0) -> None:
+    ``name`` tells several daemons on one store apart: each gets its own socket
+    (``HOME/NAME.sock``, default ``HOME/d.sock``), ready file and log. ``workers`` is passed as
+    ``--workers`` (None: the daemon's default). The daemon's CPU (``cpu_seconds``) includes its
+    worker processes, which are its children.
+    """
+
+    def __init__(self, home: Path, env: dict[str, str], start_timeout: float = 60.0, workers: str | None = None,
+                 name: str | None = None) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
-        self.socket = home / "d.sock"
-        ready = home / "daemon.ready"
+        self.workers = workers
+        self.socket = home / f"{name or 'd'}.sock"
+        ready = home / f"{name or 'daemon'}.ready"
         ready.unlink(missing_ok=True)
-        self.log_path = home.parent / f"{home.name}.daemon.log"
+        self.log_path = home.parent / (f"{home.name}-{name}.daemon.log" if name else f"{home.name}.daemon.log")
         self._log: IO[bytes] = self.log_path.open("wb")
         cmd = [*bp.cachemgr_cmd(), "--home", str(home), "daemon", "--socket", str(self.socket),
                "--ready-file", str(ready)]
+        if workers is not None:
+            cmd += ["--workers", workers]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
                                      env={**env, "CACHEMGR_HOME": str(home)}, cwd=REPO_ROOT)
         deadline = time.monotonic() + start_timeout
@@ -99,8 +154,20 @@ class Daemon:
 
         return call(str(self.socket), method, path, body, timeout=timeout)
 
+    def children(self) -> list[int]:
+        """The daemon's live child processes (its workers), from /proc."""
+        return child_pids(self.proc.pid)
+
+    def cpu_split(self) -> tuple[float, float]:
+        """CPU seconds so far of the daemon process itself (plus children it reaped, e.g. a worker
+        that crashed) and of its live descendants (the workers)."""
+        per = tree_cpu_seconds(self.proc.pid)
+        own = per.pop(self.proc.pid, 0.0)
+        return own, sum(per.values())
+
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.proc.pid)
+        """CPU seconds so far of the daemon and its workers (every process of its tree)."""
+        return sum(self.cpu_split())
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

@@ -111,11 +111,48 @@ def test_settings_precedence(tmp_path: Path) -> None:
     ({"CACHEMGR_CONCURRENCY": "x"}, "not a whole number"),
     ({"CACHEMGR_CA_BUNDLE": "/no/such/ca.pem"}, "does not exist"),
     ({"CACHEMGR_MIRRORS": "ftp://a/=http://b/"}, "must start with http"),
+    ({"CACHEMGR_WORKERS": "0"}, "below the minimum"),
+    ({"CACHEMGR_WORKERS": "65"}, "use 'auto' or fewer"),
+    ({"CACHEMGR_WORKERS": "many"}, "not a whole number"),
 ])
 def test_bad_env_settings(env: dict[str, str], needle: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings({"HOME": str(tmp_path), **env})
     assert needle in str(exc.value) and next(iter(env)) in str(exc.value)
+
+
+def test_worker_count(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path)}
+    auto = load_settings(env)
+    assert auto.workers is None and auto.worker_count(2) == 2 and auto.worker_count(64) == 4
+    assert auto.worker_count(None) == 1
+    assert load_settings({**env, "CACHEMGR_WORKERS": "3"}).worker_count(64) == 3
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("workers = 1\n")
+    assert load_settings(env, cfg).worker_count(8) == 1
+    assert load_settings(env, cfg, {"workers": "auto"}).worker_count(8) == 4  # the flag wins, 'auto' too
+
+
+def test_shared_counters_sum_slots_and_survive_reopening(tmp_path: Path) -> None:
+    from cachemgrd.counters import SharedCounters
+
+    primary = SharedCounters(tmp_path / "counters", 4, create=True)
+    worker = SharedCounters(tmp_path / "counters", 4)  # another mapping of the same file, as in a worker
+    a, b = worker.slot(0), worker.slot(3)
+    for _ in range(5):
+        a.request()
+        a.hit()
+    b.request()
+    b.forwarded()
+    assert primary.totals() == {"requests": 6, "hits": 5, "forwarded": 1}
+    worker.close()
+    again = SharedCounters(tmp_path / "counters", 4).slot(0)  # a replacement worker in the same slot
+    again.hit()
+    assert again.get("hits") == 6 and primary.totals()["hits"] == 6
+    with pytest.raises(ValueError):
+        primary.slot(4)
+    with pytest.raises(FileExistsError):
+        SharedCounters(tmp_path / "counters", 4, create=True)  # never two primaries on one file
 
 
 def test_sizes_and_durations() -> None:

@@ -1,0 +1,244 @@
+"""Worker processes beside the primary: hits without the primary, forwarding, tokens, restarts.
+
+A request that reaches the daemon while the primary is SIGSTOPped can only have been accepted
+by a worker (a stopped process accepts nothing); that is how these tests know which process
+served what, without any timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cachemgrd.counters import SharedCounters
+from cachemgrd.workers import SLOTS
+
+from tests.conftest import BASE_ENV, REPO, Cli
+from tests.daemon_support import Daemon, free_port, wait_for
+from tests.support.origin import FakeOrigin
+from tests.test_daemon import TFHUB, http
+
+TOKEN = "worker-token-1"
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        workers = _workers_of(d)
+        d.stop(signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _workers_of(d: Daemon) -> list[int]:
+    try:
+        with open(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def start(daemons: list[Daemon], cli: Cli, home: Path, workers: int, *args: str, env: dict[str, str] | None = None,
+          listen: bool = False) -> Daemon:
+    extra = {"CACHEMGR_WORKERS": str(workers), "TMPDIR": str(home.parent / "run"), **(env or {})}
+    (home.parent / "run").mkdir(exist_ok=True)
+    d = Daemon(home, {**cli.env, **extra}, *args, listen=f"127.0.0.1:{free_port()}" if listen else None)
+    daemons.append(d)
+    d.wait_ready()
+    return d
+
+
+def status(d: Daemon) -> dict[str, Any]:
+    code, doc = d.call("GET", "/v1/status")
+    assert code == 200, doc
+    return doc
+
+
+@contextlib.contextmanager
+def primary_stopped(d: Daemon) -> Iterator[None]:
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Background:
+    """Requests sent from threads, so that they can wait on a stopped primary."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+        self.threads: list[threading.Thread] = []
+
+    def run(self, fn: Any, *args: Any) -> None:
+        t = threading.Thread(target=lambda: self.results.append(fn(*args)), daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def join(self, timeout: float = 120) -> list[Any]:
+        for t in self.threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in self.threads), "a request never finished"
+        return self.results
+
+
+def test_workers_answer_hits_and_mirror_downloads_without_the_primary(
+        cli: Cli, origin: FakeOrigin, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 3, listen=True)
+    workers = status(d)["workers"]
+    assert len(workers) == 2 and d.proc.pid not in workers
+    code, first = d.call("POST", "/v1/resolve", {"handle": TFHUB})
+    assert code == 200 and first["fetched"] is True
+    code, tar_from_primary = http("GET", f"{d.base}/google/mymul/1?tf-hub-format=compressed")
+    assert code == 200
+    hits_before = status(d)["hits"]
+    with primary_stopped(d):
+        answered = set()
+        for handle in (TFHUB, TFHUB + "/") * 5:  # a fresh connection each time
+            code, doc = d.call("POST", "/v1/resolve", {"handle": handle})
+            assert code == 200 and doc["fetched"] is False and doc["path"] == first["path"], doc
+            answered.add(d.call("GET", "/v1/health")[1]["pid"])
+        code, tar_from_worker = http("GET", f"{d.base}/google/mymul/1?tf-hub-format=compressed")
+    assert answered <= set(workers)
+    assert code == 200 and tar_from_worker == tar_from_primary
+    doc = status(d)
+    assert doc["hits"] >= hits_before + 10 and doc["worker_requests"] >= 21
+    code, raw = http("GET", f"{d.base}/metrics")
+    assert "cachemgr_processes 3" in raw.decode()
+    assert origin.completed("gcs") == 1
+
+
+def test_misses_through_workers_are_fetched_once_by_the_primary(
+        cli: Cli, origin: FakeOrigin, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 3)
+    bg = Background()
+    with primary_stopped(d):
+        for i in range(6):
+            bg.run(d.call, "POST", "/v1/resolve", {"handle": TFHUB + ("/" if i % 2 else "")})
+        # Six requests, accepted by workers (the primary is stopped) and forwarded to it.
+        assert wait_for(lambda: forwarded_so_far(d) >= 6, 30)
+    results = bg.join()
+    assert all(code == 200 for code, _doc in results), results
+    assert sum(doc["fetched"] for _code, doc in results) >= 1
+    assert origin.started("gcs") == 1, "single flight broke across processes"
+    doc = status(d)
+    assert doc["forwarded"] >= 6 and doc["misses"] == 6 and doc["fetches"] == 1
+
+
+def forwarded_so_far(d: Daemon) -> int:
+    """The workers' forwarded counter, read from the shared counters file (the primary may be stopped)."""
+    (path,) = (d.home.parent / "run").glob("cachemgrd-*/counters")
+    counters = SharedCounters(path, SLOTS)
+    try:
+        return counters.totals()["forwarded"]
+    finally:
+        counters.close()
+
+
+def test_token_rule_holds_for_requests_a_worker_forwards(cli: Cli, origin: FakeOrigin, home: Path,
+                                                         daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 2, env={"CACHEMGR_TOKEN": TOKEN}, listen=True)
+    body = json.dumps({"handles": [TFHUB]}).encode()
+    forwarded = status(d)["forwarded"]
+    bg = Background()
+    with primary_stopped(d):
+        bg.run(http, "POST", f"{d.base}/v1/pull", body)
+        bg.run(http, "POST", f"{d.base}/v1/pull", body, {"X-Cachemgr-Via": "unix"})  # a spoofed hop header
+        bg.run(http, "POST", f"{d.base}/v1/pull", body, {"Authorization": f"Bearer {TOKEN}"})
+        assert wait_for(lambda: forwarded_so_far(d) >= forwarded + 3, 30)
+    codes = sorted(code for code, _raw in bg.join())
+    assert codes == [200, 401, 401], codes
+    assert status(d)["forwarded"] >= forwarded + 3
+    assert origin.started("gcs") == 1
+
+
+def test_a_crashed_worker_is_replaced(cli: Cli, origin: FakeOrigin, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 2)
+    assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200
+    (old,) = status(d)["workers"]
+    with primary_stopped(d):
+        assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200
+    hits = status(d)["hits"]
+    os.kill(old, signal.SIGKILL)
+    assert wait_for(lambda: len(status(d)["workers"]) == 1 and status(d)["workers"] != [old], 30), d.output()
+    assert "exited" in d.output()
+    with primary_stopped(d):
+        assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200  # the new worker serves
+    assert status(d)["hits"] == hits + 1  # counters carry on across the replacement
+
+
+def test_sigterm_stops_every_process_and_leaves_nothing(cli: Cli, origin: FakeOrigin, home: Path,
+                                                       daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 3)
+    workers = status(d)["workers"]
+    run = home.parent / "run"
+    assert any(run.iterdir()), "the private runtime directory is not where TMPDIR says"
+    assert d.stop(signal.SIGTERM) == 0, d.output()
+    assert wait_for(lambda: not any(alive(p) for p in workers), 10)
+    assert list(run.iterdir()) == [] and not d.sock.exists()
+
+
+def test_workers_exit_when_the_primary_is_killed(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 3)
+    workers = status(d)["workers"]
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait()
+    assert wait_for(lambda: not any(alive(p) for p in workers), 20), "orphaned workers kept running"
+
+
+def test_sighup_replaces_workers_with_the_new_settings(cli: Cli, origin: FakeOrigin, home: Path, tmp_path: Path,
+                                                       daemons: list[Daemon]) -> None:
+    cfg = tmp_path / "cfg.toml"
+    port = free_port()
+    cfg.write_text(f'token = "{TOKEN}"\nlisten = "127.0.0.1:{port}"\n')
+    d = start(daemons, cli, home, 2, "--config", str(cfg))
+    base = f"http://127.0.0.1:{port}"
+    assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200  # a hit from now on
+    old = status(d)["workers"]
+    body = json.dumps({"handle": TFHUB}).encode()
+    cfg.write_text(f'token = "new-{TOKEN}"\nlisten = "127.0.0.1:{free_port()}"\n')
+    os.kill(d.proc.pid, signal.SIGHUP)
+    assert wait_for(lambda: status(d)["workers"] not in ([], old), 30), d.output()
+    assert wait_for(lambda: not any(alive(p) for p in old), 30)
+    assert "listen changed; restart the daemon" in d.output()  # and the old port keeps serving
+    with primary_stopped(d):  # the worker answers the hit, and checks the token itself
+        assert http("POST", f"{base}/v1/resolve", body, {"Authorization": f"Bearer {TOKEN}"})[0] == 401
+        code, raw = http("POST", f"{base}/v1/resolve", body, {"Authorization": f"Bearer new-{TOKEN}"})
+    assert code == 200 and json.loads(raw)["fetched"] is False
+
+
+def test_one_process_when_asked(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 1)
+    assert status(d)["workers"] == [] and _workers_of(d) == []
+
+
+def test_worker_is_started_only_by_the_daemon() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cachemgrd.worker"], stdin=subprocess.DEVNULL, env=BASE_ENV,
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "started by `cachemgr daemon`" in proc.stderr
+
+
+def test_status_shows_workers(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 3)
+    r = cli("status", env={"CACHEMGR_SOCKET": str(d.sock)})
+    assert r.code == 0 and "+2 workers" in r.out, r.out + r.err
