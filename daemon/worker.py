@@ -143,8 +143,8 @@ async def serve(spec: WorkerSpec, control: int) -> None:
     os.set_blocking(control, False)
     loop.add_reader(control, control_readable)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the primary reloads and replaces us
+    for sig in (signal.SIGINT, signal.SIGHUP):  # a terminal's ^C or hangup reaches the whole group:
+        loop.add_signal_handler(sig, lambda: None)  # the primary decides, and stops or replaces us
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
     await stop.wait()
