@@ -242,3 +242,37 @@ def test_status_shows_workers(cli: Cli, home: Path, daemons: list[Daemon]) -> No
     d = start(daemons, cli, home, 3)
     r = cli("status", env={"CACHEMGR_SOCKET": str(d.sock)})
     assert r.code == 0 and "+2 workers" in r.out, r.out + r.err
+
+
+def test_forwarder_answers_503_when_the_primary_is_gone(tmp_path: Path) -> None:
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+    from cachemgrd.forward import Forwarder
+
+    async def scenario() -> tuple[int, dict[str, Any]]:
+        forwarder = Forwarder(str(tmp_path / "no-primary.sock"))
+        await forwarder.start()
+        app = web.Application()
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await forwarder(request)
+
+        app.router.add_route("*", "/{path:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session, \
+                    session.post(f"http://127.0.0.1:{port}/v1/pull", json={"handles": []}) as resp:
+                return resp.status, await resp.json()
+        finally:
+            await runner.cleanup()
+            await forwarder.close()
+
+    code, doc = asyncio.run(scenario())
+    assert code == 503 and doc["error"]["type"] == "primary_unavailable"
+    assert "restart" in doc["error"]["message"]
