@@ -22,7 +22,7 @@ PTH_NAME = "cachemgr-shim.pth"
 @click.command()
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Unix socket [CACHEMGR_SOCKET].")
 @click.option("--listen", multiple=True, help="Also serve TCP on HOST:PORT (repeatable) [CACHEMGR_LISTEN].")
-@click.option("--workers", help="Processes serving the sockets: N or 'auto' (one per core, at most 4) "
+@click.option("--workers", help="Processes serving the sockets: N or 'auto' (one per two cores, at most 4) "
               "[CACHEMGR_WORKERS].")
 @click.option("--ready-file", type=click.Path(path_type=Path), hidden=True)
 @pass_ctx

@@ -42,7 +42,8 @@ class Settings:
     prefetch_file: Path | None = None
     max_body: int = 1024 * 1024
     # Processes that accept on the daemon's sockets: the primary plus workers-1 that answer
-    # hits and forward everything else to it. None: one per core, at most MAX_AUTO_WORKERS.
+    # hits and forward everything else to it. None (auto): one per two cores, at most
+    # MAX_AUTO_WORKERS: the clients of a node's daemon run on that node's cores too.
     workers: int | None = None
     # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
     trusted_keys: tuple[str, ...] = ()
@@ -66,10 +67,15 @@ class Settings:
         return self.prefetch_file or self.home / "prefetch.toml"
 
     def worker_count(self, cpus: int | None) -> int:
-        """How many processes serve the sockets (``workers``, else one per core up to a cap)."""
+        """How many processes serve the sockets: ``workers``, else one per two cores, capped.
+
+        Measured on 2 cores with the clients on the same machine (benchmarks/
+        bench_resolve_latency.py), a second process raised hit p99 (x1.3-1.5) and did not raise
+        throughput: the clients need the other core. Hence half the cores.
+        """
         if self.workers is not None:
             return self.workers
-        return max(1, min(cpus or 1, MAX_AUTO_WORKERS))
+        return max(1, min((cpus or 1) // 2, MAX_AUTO_WORKERS))
 
 
 MAX_AUTO_WORKERS = 4

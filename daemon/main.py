@@ -17,6 +17,7 @@ from cachemgr.settings import Settings
 
 from . import systemd
 from .app import INTERNAL_SOCKET, WORKERS, create_app
+from .heap import freeze_startup_objects
 from .listeners import LISTEN_BACKLOG, Listeners, bind_all
 from .state import DaemonState
 from .watch import Watcher
@@ -63,6 +64,7 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     where = listeners.where
     watcher = Watcher(state)
     watcher.start()
+    freeze_startup_objects()
 
     def reload() -> None:
         try:

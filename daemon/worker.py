@@ -33,6 +33,7 @@ from cachemgr.settings import Settings
 from .app import Handler, create_app
 from .counters import CounterSlot, SharedCounters
 from .forward import Forwarder
+from .heap import freeze_startup_objects
 from .hitpath import HitPath, Resolved
 from .listeners import LISTEN_BACKLOG
 from .metrics import Metrics
@@ -145,6 +146,7 @@ async def serve(spec: WorkerSpec, control: int) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     for sig in (signal.SIGINT, signal.SIGHUP):  # a terminal's ^C or hangup reaches the whole group:
         loop.add_signal_handler(sig, lambda: None)  # the primary decides, and stops or replaces us
+    freeze_startup_objects()
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
     await stop.wait()

@@ -124,8 +124,8 @@ def test_bad_env_settings(env: dict[str, str], needle: str, tmp_path: Path) -> N
 def test_worker_count(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path)}
     auto = load_settings(env)
-    assert auto.workers is None and auto.worker_count(2) == 2 and auto.worker_count(64) == 4
-    assert auto.worker_count(None) == 1
+    assert auto.workers is None and auto.worker_count(2) == 1 and auto.worker_count(3) == 1
+    assert auto.worker_count(4) == 2 and auto.worker_count(64) == 4 and auto.worker_count(None) == 1
     assert load_settings({**env, "CACHEMGR_WORKERS": "3"}).worker_count(64) == 3
     cfg = tmp_path / "c.toml"
     cfg.write_text("workers = 1\n")
