@@ -125,7 +125,7 @@ def _worker_totals(request: web.Request) -> tuple[dict[str, int], list[int]]:
 
 async def status(request: web.Request) -> web.Response:
     state = request.app[PRIMARY]
-    store_bytes, entries = state.store_totals()
+    store_bytes, entries = await state.store_totals()
     m = state.metrics
     totals, pids = _worker_totals(request)
     return web.json_response({
@@ -200,7 +200,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[PRIMARY]
-    store_bytes, entries = state.store_totals()
+    store_bytes, entries = await state.store_totals()
     totals, pids = _worker_totals(request)
     text = render(state.metrics, len(state.inflight), store_bytes, entries, totals, len(pids) + 1)
     return web.Response(text=text, content_type="text/plain", charset="utf-8",

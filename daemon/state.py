@@ -41,14 +41,22 @@ class DaemonState:
         self.session: aiohttp.ClientSession | None = None
         self.started = time.time()
         self.background: set[asyncio.Task[Any]] = set()
-        self._totals: tuple[float, tuple[int, int]] = (0.0, (0, 0))
+        self._totals: tuple[float, tuple[int, int]] = (-1e9, (0, 0))
+        self._totals_lock = asyncio.Lock()
         self.hits = HitPath(self.store, self.index)
 
-    def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
-        """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent)."""
-        now = time.monotonic()
-        if now - self._totals[0] > max_age:
-            self._totals = (now, store_totals(self.store.home))
+    async def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
+        """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent).
+
+        The scan walks every blob (a million on a big store), so it runs in a thread: hits are
+        answered meanwhile. Concurrent callers share one scan.
+        """
+        if time.monotonic() - self._totals[0] > max_age:
+            async with self._totals_lock:
+                if time.monotonic() - self._totals[0] > max_age:
+                    loop = asyncio.get_running_loop()
+                    totals = await loop.run_in_executor(None, store_totals, self.store.home)
+                    self._totals = (time.monotonic(), totals)
         return self._totals[1]
 
     async def start(self) -> None:

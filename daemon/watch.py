@@ -59,6 +59,26 @@ def descriptor_handle(view: Path, name: str) -> str | None:
     return None
 
 
+def scan_view(view: Path) -> tuple[list[str], list[str]]:
+    """(hub lock files, real directories named like hub entries) in the view, in one readdir.
+
+    The view holds a link per alias (hundreds of thousands on a big store); the entry types
+    come from readdir, so no entry is stat'ed. Runs in a thread.
+    """
+    locks: list[str] = []
+    dirs: list[str] = []
+    try:
+        with os.scandir(view) as entries:
+            for entry in entries:
+                if entry.name.endswith(".lock"):
+                    locks.append(entry.name)
+                elif len(entry.name) == 40 and entry.is_dir(follow_symlinks=False):
+                    dirs.append(entry.name)
+    except FileNotFoundError:
+        pass
+    return locks, dirs
+
+
 def _tree_size(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -128,8 +148,11 @@ class Watcher:
 
     async def _sweep_forever(self) -> None:
         while True:
-            await self.sweep()
-            await self.maintain()
+            try:
+                await self.sweep()
+                await self.maintain()
+            except (CachemgrError, OSError) as err:  # the next sweep tries again
+                log.error("periodic sweep failed: %s", err)
             await asyncio.sleep(self.sweep_interval)
 
     async def maintain(self) -> None:
@@ -157,15 +180,12 @@ class Watcher:
                          len(report.problems), " (partial, continues next time)" if report.partial else "")
 
     async def sweep(self) -> None:
-        try:
-            names = os.listdir(self.view)
-        except FileNotFoundError:
-            return
-        for n in names:
-            if n.endswith(".lock"):
-                self._check_lock(n)
-            elif len(n) == 40 and not (self.view / n).is_symlink() and (self.view / n).is_dir():
-                await self.adopt(n)
+        """Stale locks, directories to adopt and the prefetch list, found without blocking hits."""
+        locks, dirs = await asyncio.get_running_loop().run_in_executor(None, scan_view, self.view)
+        for name in locks:
+            self._check_lock(name)
+        for name in dirs:
+            await self.adopt(name)
         await self.check_prefetch()
 
     # -- adoption --------------------------------------------------------------------------
@@ -248,11 +268,23 @@ class Watcher:
         return [h for h in handles if isinstance(h, str)] if isinstance(handles, list) else []
 
     async def check_prefetch(self) -> None:
-        for handle in self.wanted() + wanted_handles(self.state.store):
-            if handle in self._prefetched or self.state.index.lookup(handle) is not None:
-                continue
-            self._prefetched.add(handle)
-            self.state.spawn(self._prefetch(handle))
+        loop = asyncio.get_running_loop()
+        for handle in await loop.run_in_executor(None, self._missing_wanted):
+            if handle not in self._prefetched:
+                self._prefetched.add(handle)
+                self.state.spawn(self._prefetch(handle))
+
+    def _missing_wanted(self) -> list[str]:
+        """Listed or pinned handles that the store lacks (reads files: runs in a thread)."""
+        missing = []
+        for handle in dict.fromkeys(self.wanted() + wanted_handles(self.state.store)):
+            try:
+                if handle not in self._prefetched and self.state.index.lookup(handle) is None:
+                    missing.append(handle)
+            except CachemgrError as err:  # a corrupt ref: resolving it again repairs or says why
+                log.warning("prefetch: %s: %s", handle, err)
+                missing.append(handle)
+        return missing
 
     async def _prefetch(self, handle: str) -> None:
         try:

@@ -183,3 +183,18 @@ def test_exit_code_table_is_most_specific() -> None:
     assert exit_code_for(FetchError("x")) == 7
     assert exit_code_for(CachemgrError("x")) == 1
     assert len(set(EXIT_CODES.values())) >= 9
+
+
+def test_scan_view_finds_locks_and_real_directories_only(tmp_path: Path) -> None:
+    from cachemgrd.watch import scan_view
+
+    view = tmp_path / "view"
+    view.mkdir()
+    real, linked = "a" * 40, "b" * 40
+    (view / real).mkdir()
+    (view / linked).symlink_to(tmp_path)  # a cachemgr link to a directory: not for adoption
+    (view / f"{real}.descriptor.txt").write_text("Module: x\n")
+    (view / f"{'c' * 40}.lock").write_text("host.1.uuid")
+    (view / ("d" * 39)).mkdir()  # not a hub entry name
+    assert scan_view(view) == ([f"{'c' * 40}.lock"], [real])
+    assert scan_view(tmp_path / "missing") == ([], [])
