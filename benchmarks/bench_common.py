@@ -1,4 +1,5 @@
-"""Helpers shared by bench_herd.py, bench_resolve_latency.py and bench_shim_hit.py.
+"""Helpers shared by bench_herd.py, bench_resolve_latency.py (with its latency_load.py and
+latency_report.py) and bench_shim_hit.py.
 
 Stdlib only at import time (children of the benchmarks import this module). The generic
 pieces (child environment, idle-machine gate, archive building, tree comparison) come from

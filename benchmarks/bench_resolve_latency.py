@@ -1,22 +1,30 @@
-"""Latency of ``POST /v1/resolve`` on cache hits under 200 concurrent clients, vs ``GET /v1/health``.
+"""Latency of ``POST /v1/resolve`` on cache hits under 200 concurrent clients, vs ``GET /v1/health``,
+for several daemon ``--workers`` settings in the same run, also while the daemon ingests a fetch.
 
-    python benchmarks/bench_resolve_latency.py [--concurrency 200] [--requests 25] [--rounds 3] [--json]
+    python benchmarks/bench_resolve_latency.py [--workers 1,2] [--concurrency 200] [--requests 50]
+        [--rounds 3] [--no-fetch-phase] [--json]
 
 Builds (once, cached in ``--workdir``) a few tiny SavedModels (``tests/support/models.py:
 build_mymul``), ``cachemgr add``s them to a fresh store under ``https://tfhub.dev/bench/mymul-N/1``,
-and starts ``cachemgr daemon`` (offline) on a Unix socket. A separate load-generator process
-then runs ``--concurrency`` asyncio clients at once, each sending ``--requests`` sequential
-requests, cycling over several hit handles (canonical and trailing-slash forms), and times
-every request. ``--client raw`` (default) speaks HTTP/1.1 over ``asyncio.open_unix_connection``
-with prebuilt requests, which costs the generator far less CPU than ``--client aiohttp``
+and starts one ``cachemgr daemon --workers X`` (offline) per ``--workers`` setting, all on that
+store, each on its own Unix socket. A separate load-generator process then runs
+``--concurrency`` asyncio clients at once, each sending ``--requests`` sequential requests,
+cycling over several hit handles (canonical and trailing-slash forms), and times every request.
+``--client raw`` (default) speaks HTTP/1.1 over ``asyncio.open_unix_connection`` with prebuilt
+requests, which costs the generator far less CPU than ``--client aiohttp``
 (``aiohttp.UnixConnector``): on 2 cores the generator competes with the daemon for CPU.
-Connections are kept alive unless ``--fresh-connections`` (what ``cachemgr.client.call`` does).
+Connections are kept alive unless ``--fresh-connections`` (what ``cachemgr.client.call`` does);
+a kept-alive raw connection first asks ``/v1/health`` (untimed) which process serves it, so the
+figures are also split between the primary and the workers.
 
 Each round measures ``health`` (the floor: aiohttp routing + JSON response, nothing else) and
-``resolve`` (order alternating). Reported: p50/p95/p99/max latency over all rounds, requests/s
-(median over rounds), the CPU the daemon and the generator used per second of load (a daemon
-near 1.0 is saturated: it is single-threaded), and the ratio resolve/health. A short serial run
-(one client) gives each endpoint's service time without queueing. Target: resolve p99 < 20 ms.
+``resolve`` against each daemon in turn, the order of the daemons and of the endpoints
+alternating between rounds, so that machine noise hits all settings alike. Reported per
+setting: p50/p95/p99/max latency over all rounds, requests/s (median over rounds), the CPU the
+daemon (primary + workers, read from /proc inside the timed window) and the generator used per
+second of load, and the ratio resolve/health; then resolve p99 per setting against the target
+(p99 < 20 ms) and the ratios p99(X)/p99(first setting) and rps(X)/rps(first setting). A short
+serial run (one client) gives each endpoint's service time without queueing.
 
 With N closed-loop clients, latency ~ N / throughput (Little's law): the p99 under 200 clients
 mostly measures the daemon's throughput; the serial run shows the per-request cost. So the
@@ -24,8 +32,19 @@ script also runs the same 200 clients open loop at fixed offered rates (``--rate
 over all clients, ``--rate-seconds`` each): there a request's latency counts from when it was due,
 which is what a p99 target means for clients that resolve at their own pace.
 
-Exit status: 0 when every request answered 200 (resolves with ``fetched: false``), 1 otherwise,
-2 when a child failed.
+Fetch phase (skip with ``--no-fetch-phase``): per setting and ``--fetch-rounds``, a fresh store
+with the tiny models added and a daemon that is *not* offline; the generator then asks it to
+resolve an uncached ~200 MB model (bench_pull's cached archive, served from a separate process
+on 127.0.0.1) and, meanwhile, runs the 200 closed-loop clients on hits until that resolve
+answers (at most ``--fetch-max-requests`` per client). With one process the ingest (hashing,
+decompression threads) competes with answering hits for the GIL; workers answer hits elsewhere,
+which pays only where there are cores to spare (on 2 cores shared with the generator it did not).
+
+Exit status: 0 when every request answered 200 (resolves with ``fetched: false``, the fetches
+with ``fetched: true``) and each daemon ran the workers asked for, 1 otherwise, 2 when a child failed.
+
+This module runs the daemons and the phases; the load generator is ``latency_load.py`` (the child
+process), the summary, the checks on it and the printed tables are ``latency_report.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +53,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -43,12 +61,14 @@ from typing import Any
 
 try:
     from benchmarks.bench_common import Daemon, bp, ensure_small_models, percentiles
+    from benchmarks.latency_load import FETCH_LEAD, FETCH_TIMEOUT, LOAD_TIMEOUT, load_cmd
+    from benchmarks.latency_report import failures, other_load, print_setting, print_summary, summarize
 except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
     from bench_common import Daemon, bp, ensure_small_models, percentiles  # type: ignore[no-redef]
+    from latency_load import FETCH_LEAD, FETCH_TIMEOUT, LOAD_TIMEOUT, load_cmd  # type: ignore[no-redef]
+    from latency_report import failures, other_load, print_setting, print_summary, summarize  # type: ignore[no-redef]
 
-P99_TARGET_MS = 20.0
 MODELS = 4
-LOAD_TIMEOUT = 180.0
 
 
 def hit_handles(models: int) -> tuple[list[str], list[str]]:
@@ -58,373 +78,280 @@ def hit_handles(models: int) -> tuple[list[str], list[str]]:
     return added, asked
 
 
-# ---------------------------------------------------------------------------------------
-# The load generator (a child process)
-# ---------------------------------------------------------------------------------------
-def _request_bytes(endpoint: str, handle: str, keepalive: bool) -> bytes:
-    conn = "keep-alive" if keepalive else "close"
-    if endpoint == "health":
-        return f"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: {conn}\r\n\r\n".encode()
-    body = json.dumps({"handle": handle}).encode()
-    head = (f"POST /v1/resolve HTTP/1.1\r\nHost: localhost\r\nConnection: {conn}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
+def expected_processes(setting: str) -> int:
+    """How many processes ``--workers setting`` should run (primary included), by the daemon's own rule."""
+    from cachemgr.settings import Settings
 
-
-async def _load(sock: str, endpoint: str, client: str, concurrency: int, per_client: int, keepalive: bool,
-                handles: list[str], rate: float) -> dict[str, Any]:
-    """Closed loop (``rate`` 0: each client sends its next request when the last answered) or open
-    loop (``rate`` requests/s over all clients, each on a fixed schedule; a request's latency counts
-    from when it was due, so a daemon that falls behind is not hidden by the clients waiting)."""
-    import asyncio
-
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    checked: list[dict[str, Any]] = []
-    start_event = asyncio.Event()
-    start_at = [0.0]
-    ready_count = [0]
-    interval = concurrency / rate if rate > 0 else 0.0
-
-    def record(status: int, body: bytes, seconds: float, check: bool) -> None:
-        latencies.append(seconds)
-        statuses[status] = statuses.get(status, 0) + 1
-        if check:
-            checked.append(json.loads(body))
-
-    async def raw_client(i: int) -> None:
-        reqs = [_request_bytes(endpoint, handles[(i + j) % len(handles)], keepalive) for j in range(per_client)]
-        reader: asyncio.StreamReader | None = None
-        writer: asyncio.StreamWriter | None = None
-        for attempt in range(50):  # keep-alive: connect before the clock (retry while the backlog is full)
-            if not keepalive:
-                break
-            try:
-                reader, writer = await asyncio.open_unix_connection(sock)
-                break
-            except OSError:
-                await asyncio.sleep(0.01 * (attempt + 1))
-        ready_count[0] += 1
-        await start_event.wait()
-        for j, req in enumerate(reqs):
-            if interval:
-                due = start_at[0] + (i / concurrency + j) * interval
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                t0 = due
-            else:
-                t0 = time.perf_counter()
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.open_unix_connection(sock)
-                assert reader is not None
-                writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                status = int(lines[0].split()[1])
-                fields = (ln.partition(":") for ln in lines[1:])
-                length = next(int(v) for k, _, v in fields if k.lower() == "content-length")
-                body = await reader.readexactly(length)
-            except (OSError, asyncio.IncompleteReadError):
-                # A full listen backlog: connect() fails with EAGAIN at once (asyncio then reports
-                # ENOTCONN on the first send). Counted as status 0; the client opens a new connection.
-                status, body = 0, b""
-                if writer is not None:
-                    writer.close()
-                reader = writer = None
-            seconds = time.perf_counter() - t0
-            if not keepalive and writer is not None:
-                writer.close()
-                reader = writer = None
-            record(status, body, seconds, j == 0 and status == 200)
-        if writer is not None:
-            writer.close()
-
-    async def aiohttp_client(i: int, session: Any) -> None:
-        await start_event.wait()
-        for j in range(per_client):
-            handle = handles[(i + j) % len(handles)]
-            t0 = time.perf_counter()
-            if endpoint == "health":
-                async with session.get("http://localhost/v1/health") as resp:
-                    body = await resp.read()
-            else:
-                async with session.post("http://localhost/v1/resolve", json={"handle": handle}) as resp:
-                    body = await resp.read()
-            record(resp.status, body, time.perf_counter() - t0, j == 0)
-
-    session = None
-    if client == "aiohttp":
-        import aiohttp
-
-        conn = aiohttp.UnixConnector(path=sock, limit=concurrency, force_close=not keepalive)
-        session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60))
-        tasks = [asyncio.ensure_future(aiohttp_client(i, session)) for i in range(concurrency)]
-    else:
-        tasks = [asyncio.ensure_future(raw_client(i)) for i in range(concurrency)]
-    for _ in range(200):  # every task built its requests (and connected) and waits on the event
-        await asyncio.sleep(0.01)
-        if ready_count[0] >= concurrency or client == "aiohttp":
-            break
-    cpu, start = bp.cpu_seconds(), time.perf_counter()
-    start_at[0] = start
-    start_event.set()
-    try:
-        await asyncio.wait_for(asyncio.gather(*tasks), LOAD_TIMEOUT)
-    finally:
-        if session is not None:
-            await session.close()
-    seconds = time.perf_counter() - start
-    cpu = bp.cpu_seconds() - cpu
-    bad = [d for d in checked if endpoint == "resolve" and (d.get("fetched") is not False or "path" not in d)]
-    return {"latencies_ms": [round(x * 1000, 4) for x in latencies], "seconds": seconds, "cpu_seconds": cpu,
-            "statuses": {str(k): v for k, v in statuses.items()}, "bad_bodies": len(bad),
-            "sample": checked[0] if checked else None}
-
-
-def child_load(sock: str, endpoint: str, client: str, concurrency: str, per_client: str, keepalive: str,
-               rate: str, handles_json: str) -> None:
-    import asyncio
-
-    doc = asyncio.run(_load(sock, endpoint, client, int(concurrency), int(per_client), keepalive == "1",
-                            json.loads(handles_json), float(rate)))
-    bp.emit(doc)
-
-
-def self_cmd(kind: str, *args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", kind, *args]
-
-
-# ---------------------------------------------------------------------------------------
-# Parent
-# ---------------------------------------------------------------------------------------
-def other_load(doc: dict[str, Any]) -> float:
-    """Cores that processes other than the daemon and the load generator kept busy during ``doc``'s run."""
-    return float(max(0.0, doc["host_busy_seconds"] - doc["daemon_cpu_seconds"] - doc["cpu_seconds"]) / doc["seconds"])
+    return Settings(home=Path("."), workers=None if setting == "auto" else int(setting)).worker_count(os.cpu_count())
 
 
 def run_load(daemon: Daemon, endpoint: str, concurrency: int, per_client: int, args: argparse.Namespace,
-             env: dict[str, str], handles: list[str], rate: float = 0.0) -> dict[str, Any]:
-    cmd = self_cmd("load", str(daemon.socket), endpoint, "raw" if rate else args.client, str(concurrency),
-                   str(per_client), "0" if args.fresh_connections else "1", str(rate), json.dumps(handles))
-    busy = bp.host_busy_seconds()
-    daemon_cpu = daemon.cpu_seconds()
-    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=LOAD_TIMEOUT + 30, check=False)
-    daemon_cpu = daemon.cpu_seconds() - daemon_cpu
-    busy = bp.host_busy_seconds() - busy
+             env: dict[str, str], handles: list[str], rate: float = 0.0,
+             fetch_handle: str | None = None) -> dict[str, Any]:
+    cfg = {"sock": str(daemon.socket), "endpoint": endpoint,
+           "client": "raw" if rate or fetch_handle else args.client, "concurrency": concurrency,
+           "per_client": per_client, "keepalive": not args.fresh_connections, "rate": rate, "handles": handles,
+           "fetch_handle": fetch_handle, "lead": FETCH_LEAD if fetch_handle else 0.0, "daemon_pid": daemon.pid}
+    timeout = LOAD_TIMEOUT + 30
+    try:
+        proc = subprocess.run(load_cmd(cfg), capture_output=True, env=env, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:  # run() killed it
+        raise bp.ChildError(f"load generator still running after {timeout:.0f} s") from exc
     if proc.returncode != 0:
         raise bp.ChildError(f"load generator exited {proc.returncode}:\n{proc.stderr.decode()[-3000:]}")
     doc: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    doc["daemon_cpu_seconds"] = daemon_cpu
-    doc["host_busy_seconds"] = busy
+    doc["latencies_ms"] = [x for v in doc["latencies_by_pid"].values() for x in v]
+    doc["primary_pid"] = daemon.pid
+    doc["rate"] = rate
     return doc
-
-
-def phase_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    lat = [x for r in runs for x in r["latencies_ms"]]
-    stats = percentiles(lat)
-    n = len(runs[0]["latencies_ms"])
-    rps = [len(r["latencies_ms"]) / r["seconds"] for r in runs]
-    statuses: dict[str, int] = {}
-    for r in runs:
-        for k, v in r["statuses"].items():
-            statuses[k] = statuses.get(k, 0) + v
-    return {
-        "latency_ms": stats,
-        "requests": len(lat),
-        "requests_per_round": n,
-        "rps_median": statistics.median(rps),
-        "rps_per_round": rps,
-        "daemon_cpu_per_s": statistics.median(r["daemon_cpu_seconds"] / r["seconds"] for r in runs),
-        "loadgen_cpu_per_s": statistics.median(r["cpu_seconds"] / r["seconds"] for r in runs),
-        "daemon_cpu_us_per_request": statistics.median(
-            r["daemon_cpu_seconds"] / len(r["latencies_ms"]) * 1e6 for r in runs),
-        "loadgen_cpu_us_per_request": statistics.median(r["cpu_seconds"] / len(r["latencies_ms"]) * 1e6 for r in runs),
-        "statuses": statuses,
-        "bad_bodies": sum(r["bad_bodies"] for r in runs),
-        "other_load_cores_max": max(other_load(r) for r in runs),
-    }
-
-
-def print_table(s: dict[str, Any], args: argparse.Namespace) -> None:
-    mode = "fresh connection per request" if args.fresh_connections else "keep-alive"
-    for label, key in ((f"{args.concurrency} concurrent clients", "concurrent"), ("1 client (serial)", "serial")):
-        h, r = s[key]["health"], s[key]["resolve"]
-        print(f"{label}, {args.client} client, {mode}: {r['requests']} resolves / {h['requests']} health requests")
-        rows = [("", "resolve", "health", "ratio")]
-        for p in ("p50", "p95", "p99", "max"):
-            a, b = r["latency_ms"][p], h["latency_ms"][p]
-            rows.append((f"{p} ms", f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}"))
-        rows.append(("requests/s (median)", f"{r['rps_median']:.0f}", f"{h['rps_median']:.0f}",
-                     f"{r['rps_median'] / h['rps_median']:.2f}"))
-        rows.append(("daemon CPU us/request", f"{r['daemon_cpu_us_per_request']:.0f}",
-                     f"{h['daemon_cpu_us_per_request']:.0f}",
-                     f"{r['daemon_cpu_us_per_request'] / h['daemon_cpu_us_per_request']:.2f}"))
-        rows.append(("daemon CPU (cores)", f"{r['daemon_cpu_per_s']:.2f}", f"{h['daemon_cpu_per_s']:.2f}", ""))
-        rows.append(("load generator CPU (cores)", f"{r['loadgen_cpu_per_s']:.2f}",
-                     f"{h['loadgen_cpu_per_s']:.2f}", ""))
-        width = max(len(x[0]) for x in rows)
-        for a0, a1, a2, a3 in rows:
-            print(f"  {a0:<{width}}  {a1:>9}  {a2:>9}  {a3:>6}")
-    if s["open_loop"]:
-        print(f"open loop: {args.concurrency} clients on a fixed schedule, latency from when each request was due")
-        orows = [("offered req/s", "resolve p50", "p99", "max", "health p50", "p99", "max", "achieved")]
-        for rate, phases in s["open_loop"].items():
-            r, h = phases["resolve"], phases["health"]
-            orows.append((rate, *(f"{r['latency_ms'][k]:.2f}" for k in ("p50", "p99", "max")),
-                         *(f"{h['latency_ms'][k]:.2f}" for k in ("p50", "p99", "max")),
-                         f"{r['rps_median']:.0f}/{h['rps_median']:.0f}"))
-        for row in orows:
-            print("  " + "  ".join(f"{x:>11}" for x in row))
-    c = s["concurrent"]["resolve"]["latency_ms"]["p99"]
-    ok = "OK" if c < P99_TARGET_MS else "MISSED"
-    print(f"resolve p99 under {args.concurrency} closed-loop clients: {c:.2f} ms "
-          f"(target < {P99_TARGET_MS:.0f} ms: {ok})")
-    for rate, phases in s["open_loop"].items():
-        c = phases["resolve"]["latency_ms"]["p99"]
-        ok = "OK" if c < P99_TARGET_MS else "MISSED"
-        print(f"resolve p99 at {rate} req/s offered: {c:.2f} ms (target < {P99_TARGET_MS:.0f} ms: {ok})")
-    if s["other_load_cores_max"] > 0.3 or s["phases_started_busy"]:
-        print(f"WARNING: other processes kept up to {s['other_load_cores_max']:.1f} cores busy; "
-              f"{s['phases_started_busy']} phases started on a busy machine: the timings are noisy")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--workers", default="1,2",
+                   help="comma list of daemon --workers settings to compare (N or auto; ratios against the first)")
     p.add_argument("--concurrency", type=int, default=200, help="concurrent clients")
-    p.add_argument("--requests", type=int, default=25, help="sequential requests per client per phase")
+    p.add_argument("--requests", type=int, default=50, help="sequential requests per client per phase")
     p.add_argument("--serial", type=int, default=1000, help="requests of the one-client run (0: skip it)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds (each measures health and resolve)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (each measures health and resolve on every daemon)")
     p.add_argument("--rates", default="500,1000", help="offered rates (req/s) of the open-loop runs ('' skips)")
-    p.add_argument("--rate-seconds", type=float, default=5.0, help="length of each open-loop run")
+    p.add_argument("--rate-seconds", type=float, default=4.0, help="length of each open-loop run")
     p.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="load generator HTTP client")
     p.add_argument("--fresh-connections", action="store_true", help="one connection per request")
+    p.add_argument("--no-fetch-phase", dest="fetch_phase", action="store_false",
+                   help="skip the hits-during-a-fetch phase (it needs the ~200 MB archive, built once)")
+    p.add_argument("--fetch-rounds", type=int, default=2, help="fetches per setting and load in the fetch phase")
+    p.add_argument("--fetch-rate", type=float, default=5000.0,
+                   help="also fetch under an open-loop hit load at this rate (req/s; 0: closed loop only)")
+    p.add_argument("--fetch-max-requests", type=int, default=3000,
+                   help="at most this many requests per client while a fetch runs")
+    p.add_argument("--size-mb", type=int, default=200, help="size of the fetched model (MiB of float32 weights)")
     bp.add_common_args(p, quiet_wait=30.0)
     args = p.parse_args(argv)
     try:
         args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     except ValueError:
         p.error("--rates is a comma-separated list of numbers")
+    args.workers = [w.strip().lower() for w in args.workers.split(",") if w.strip()]
+    if (not args.workers or len(set(args.workers)) != len(args.workers)
+            or any(w != "auto" and not (w.isdigit() and 1 <= int(w) <= 64) for w in args.workers)):
+        p.error("--workers is a comma list of distinct settings, each 1..64 or auto")
     if any(not 1 <= r <= 50_000 for r in args.rates) or not 0.5 <= args.rate_seconds <= 60:
         p.error("--rates values must be 1..50000 and --rate-seconds 0.5..60")
     if not (1 <= args.concurrency <= 2000 and 1 <= args.requests <= 1000 and 1 <= args.rounds <= 20
             and 0 <= args.serial <= 20000):
         p.error("--concurrency 1..2000, --requests 1..1000, --rounds 1..20, --serial 0..20000")
+    if not (1 <= args.fetch_rounds <= 10 and 1 <= args.fetch_max_requests <= 100_000 and args.size_mb >= 1
+            and 0 <= args.fetch_rate <= 50_000):
+        p.error("--fetch-rounds 1..10, --fetch-max-requests 1..100000, --size-mb >= 1, --fetch-rate 0..50000")
     return args
 
 
+class Bench:
+    """The state of one run: the settings' daemons, their results, the problems seen."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, env: dict[str, str], asked: list[str]) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.env = env
+        self.asked = asked
+        self.gate = bp.QuietGate(args.quiet_wait)
+        self.busy_starts = 0
+        self.problems: list[str] = []
+        self.results: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
+            w: {"concurrent": {"health": [], "resolve": []}, "serial": {"health": [], "resolve": []}}
+            for w in args.workers}
+        self.open_loop: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {w: {} for w in args.workers}
+        self.fetches: dict[str, dict[str, list[dict[str, Any]]]] = {w: {} for w in args.workers}
+        self.info: dict[str, dict[str, Any]] = {}
+
+    def timed(self, daemon: Daemon, endpoint: str, concurrency: int, per_client: int, rate: float = 0.0,
+              fetch_handle: str | None = None) -> dict[str, Any]:
+        self.busy_starts += not self.gate.wait()
+        return run_load(daemon, endpoint, concurrency, per_client, self.args, self.env, self.asked, rate,
+                        fetch_handle)
+
+    def check_workers(self, label: str, daemon: Daemon, where: str) -> dict[str, Any]:
+        """The daemon's status; a problem unless it runs the processes ``--workers label`` asks for."""
+        status, doc = daemon.call("GET", "/v1/status")
+        if status != 200:
+            self.problems.append(f"{where} workers={label}: /v1/status said {status} {doc}")
+            return {}
+        want = expected_processes(label) - 1
+        workers, children = doc.get("workers") or [], daemon.children()
+        if len(workers) != want or not set(workers) <= set(children):
+            self.problems.append(f"{where} workers={label}: /v1/status lists workers {workers} (want {want}), "
+                                 f"the daemon's child processes are {children}")
+        return doc
+
+    def warm(self, daemon: Daemon, label: str) -> None:
+        for h in self.asked:  # every handle resolves as a hit, and the view links exist before timing
+            status, doc = daemon.call("POST", "/v1/resolve", {"handle": h})
+            if status != 200 or doc.get("fetched") is not False:
+                raise bp.ChildError(f"warm-up resolve of {h} on workers={label} said {status} {doc}")
+        for endpoint in ("health", "resolve"):
+            run_load(daemon, endpoint, self.args.concurrency, 2, self.args, self.env, self.asked)
+
+    def log_run(self, what: str, label: str, doc: dict[str, Any]) -> None:
+        st = percentiles(doc["latencies_ms"])
+        bp.log(f"{what} workers={label}: p50 {st['p50']:.2f} ms p99 {st['p99']:.2f} ms max {st['max']:.2f} ms, "
+               f"{len(doc['latencies_ms']) / doc['seconds']:.0f} req/s, daemon "
+               f"{doc['daemon_cpu_seconds'] / doc['seconds']:.2f} cores (workers "
+               f"{doc['daemon_worker_cpu_seconds'] / doc['seconds']:.2f}), generator "
+               f"{doc['cpu_seconds'] / doc['seconds']:.2f}, others {other_load(doc):.2f}, "
+               f"conns by pid {doc['connections_by_pid']}")
+
+    def hit_phases(self, home: Path) -> None:
+        """The closed-loop rounds, then the serial and open-loop runs, on one daemon per setting."""
+        args = self.args
+        daemons: dict[str, Daemon] = {}
+        try:
+            for label in args.workers:
+                daemons[label] = Daemon(home, self.env, workers=label, name=f"w-{label}")
+                self.warm(daemons[label], label)
+                doc = self.check_workers(label, daemons[label], "hit phases")
+                self.info[label] = {"pid": daemons[label].pid, "workers": doc.get("workers"),
+                                    "processes": 1 + len(doc.get("workers") or [])}
+                bp.log(f"workers={label}: daemon pid {daemons[label].pid}, workers {doc.get('workers')} "
+                       f"on {daemons[label].socket}")
+            order = list(args.workers)
+            for n in range(args.rounds):
+                for i, label in enumerate(order if n % 2 == 0 else order[::-1]):
+                    endpoints = ("health", "resolve") if (n + i) % 2 == 0 else ("resolve", "health")
+                    for endpoint in endpoints:
+                        doc = self.timed(daemons[label], endpoint, args.concurrency, args.requests)
+                        self.results[label]["concurrent"][endpoint].append(doc)
+                        self.log_run(f"round {n} {endpoint:7} c={args.concurrency}", label, doc)
+            if args.serial:
+                for n, endpoint in enumerate(("health", "resolve")):
+                    for label in order if n % 2 == 0 else order[::-1]:
+                        doc = self.timed(daemons[label], endpoint, 1, args.serial)
+                        self.results[label]["serial"][endpoint].append(doc)
+                        self.log_run(f"serial {endpoint:7}", label, doc)
+            for k, rate in enumerate(args.rates):
+                per_client = max(1, round(rate * args.rate_seconds / args.concurrency))
+                for i, label in enumerate(order if k % 2 == 0 else order[::-1]):
+                    for endpoint in ("health", "resolve") if (k + i) % 2 == 0 else ("resolve", "health"):
+                        doc = self.timed(daemons[label], endpoint, args.concurrency, per_client, rate)
+                        self.open_loop[label].setdefault(f"{rate:g}", {})[endpoint] = [doc]
+                        self.log_run(f"open loop {rate:g} req/s {endpoint:7}", label, doc)
+            for label, daemon in daemons.items():
+                doc = self.check_workers(label, daemon, "after the hit phases")
+                self.info[label].update(hits=doc.get("hits"), misses=doc.get("misses"),
+                                        worker_requests=doc.get("worker_requests"), forwarded=doc.get("forwarded"))
+                if doc.get("misses"):
+                    self.problems.append(f"workers={label}: the daemon counted {doc['misses']} misses (want 0)")
+        finally:
+            for daemon in daemons.values():
+                daemon.stop()
+
+    def fetch_phase(self, scratch: Path, added: list[str], archives: list[Path]) -> float:
+        """Per setting (order alternating per round): hits while a fresh daemon fetches the big model."""
+        args = self.args
+        root, archive = bp.ensure_archive(self.workdir, args.size_mb, False, self.env)
+        with archive.open("rb") as fh:  # warm the page cache: every fetch then downloads from memory
+            while fh.read(8 * bp.MIB):
+                pass
+        online = {k: v for k, v in self.env.items() if k != "CACHEMGR_OFFLINE"}
+        server = bp.Server(root, online)
+        url = f"http://127.0.0.1:{server.port}/{bp.URL_PATH}"
+        bp.log(f"fetch phase: serving {archive} ({archive.stat().st_size / bp.MIB:.1f} MiB) at {url}")
+        try:
+            modes = [("closed_loop", 0.0)] + ([("open_loop", args.fetch_rate)] if args.fetch_rate else [])
+            for n in range(args.fetch_rounds):
+                for i, label in enumerate(args.workers if n % 2 == 0 else args.workers[::-1]):
+                    for mode, rate in modes if (n + i) % 2 == 0 else modes[::-1]:
+                        self.one_fetch(scratch / f"fetch-{label}-{n}-{mode}", label, n, mode, rate, url, added,
+                                       archives, online)
+        finally:
+            server.stop()
+        return archive.stat().st_size / bp.MIB
+
+    def one_fetch(self, home: Path, label: str, n: int, mode: str, rate: float, url: str, added: list[str],
+                  archives: list[Path], env: dict[str, str]) -> None:
+        """A fresh store and daemon; the generator resolves ``url`` (uncached) and hits meanwhile."""
+        add_models(home, added, archives, env)
+        where = f"fetch round {n} {mode}"
+        daemon = Daemon(home, env, workers=label)
+        try:
+            self.warm(daemon, label)
+            before = self.check_workers(label, daemon, where)
+            os.sync()  # the last fetch's store is on disk, not in dirty pages
+            per_client = self.args.fetch_max_requests
+            if rate:  # open loop: enough for the longest fetch the load child waits for, no more
+                per_client = min(per_client, max(1, round(rate * (FETCH_LEAD + FETCH_TIMEOUT) / self.args.concurrency)))
+            doc = self.timed(daemon, "resolve", self.args.concurrency, per_client, rate, fetch_handle=url)
+            after = self.check_workers(label, daemon, where)
+        finally:
+            daemon.stop()
+        self.check_fetch(f"{where} workers={label}", doc, before, after)
+        self.fetches[label].setdefault(mode, []).append(doc)
+        self.log_run(f"{where} ({(doc['fetch'] or {}).get('seconds', 0):.1f} s fetch) hits", label, doc)
+        shutil.rmtree(home, ignore_errors=True)
+
+    def check_fetch(self, where: str, doc: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
+        f = doc["fetch"] or {}
+        body = f.get("body")
+        if f.get("status") != 200 or not isinstance(body, dict) or body.get("fetched") is not True:
+            self.problems.append(f"{where}: the big resolve said {f.get('status')} {str(body or f)[:300]}")
+        fetches = (after.get("fetches") or 0) - (before.get("fetches") or 0)
+        if fetches != 1:
+            self.problems.append(f"{where}: the daemon counted {fetches} fetches (want 1)")
+        if max(0, (after.get("misses") or 0) - (before.get("misses") or 0)) != 1:
+            self.problems.append(f"{where}: the daemon counted {after.get('misses')} misses (want 1, the fetch)")
+        if doc["seconds"] < 0.9 * f.get("seconds", 0):
+            self.problems.append(f"{where}: the hit load stopped after {doc['seconds']:.1f} s of the "
+                                 f"{f.get('seconds', 0):.1f} s fetch (raise --fetch-max-requests)")
+
+
+def add_models(home: Path, added: list[str], archives: list[Path], env: dict[str, str]) -> None:
+    shutil.rmtree(home, ignore_errors=True)
+    for handle, archive in zip(added, archives, strict=True):
+        bp.run_child([*bp.cachemgr_cmd(), "--home", str(home), "add", handle, str(archive)], env, timed=False)
+
+
 def bench(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     workdir, env = bp.bench_env(args.workdir, {"CACHEMGR_OFFLINE": "1"})
     models = ensure_small_models(workdir, [float(i + 2) for i in range(MODELS)], env)
+    archives = [a for _d, a in models]
     added, asked = hit_handles(MODELS)
     scratch = workdir / "latency"
     shutil.rmtree(scratch, ignore_errors=True)
     home = scratch / "home"
-    for handle, (_model, archive) in zip(added, models, strict=True):
-        bp.run_child([*bp.cachemgr_cmd(), "--home", str(home), "add", handle, str(archive)], env, timed=False)
-    gate = bp.QuietGate(args.quiet_wait)
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {
-        "concurrent": {"health": [], "resolve": []}, "serial": {"health": [], "resolve": []}}
-    open_loop: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    busy_starts = 0
+    add_models(home, added, archives, env)
+    b = Bench(args, workdir, env, asked)
+    archive_mib = 0.0
     try:
-        daemon = Daemon(home, env)
+        b.hit_phases(home)
+        if args.fetch_phase:
+            archive_mib = b.fetch_phase(scratch, added, archives)
     except bp.ChildError as exc:
         bp.log(str(exc))
         return 2
-    try:
-        for h in asked:  # every handle resolves as a hit, and the view links exist before timing
-            status, doc = daemon.call("POST", "/v1/resolve", {"handle": h})
-            if status != 200 or doc.get("fetched") is not False:
-                raise bp.ChildError(f"warm-up resolve of {h} said {status} {doc}")
-        bp.log(f"daemon pid {daemon.pid} on {daemon.socket}; warm-up")
-        for endpoint in ("health", "resolve"):
-            run_load(daemon, endpoint, args.concurrency, 2, args, env, asked)
-        for n in range(args.rounds):
-            for endpoint in ("health", "resolve") if n % 2 == 0 else ("resolve", "health"):
-                busy_starts += not gate.wait()
-                doc = run_load(daemon, endpoint, args.concurrency, args.requests, args, env, asked)
-                results["concurrent"][endpoint].append(doc)
-                st = percentiles(doc["latencies_ms"])
-                bp.log(f"round {n} {endpoint:7} c={args.concurrency}: p50 {st['p50']:.2f} ms p99 {st['p99']:.2f} ms "
-                       f"max {st['max']:.2f} ms, {len(doc['latencies_ms']) / doc['seconds']:.0f} req/s, daemon "
-                       f"{doc['daemon_cpu_seconds'] / doc['seconds']:.2f} cores, generator "
-                       f"{doc['cpu_seconds'] / doc['seconds']:.2f} cores, others {other_load(doc):.2f} cores")
-        if args.serial:
-            for endpoint in ("health", "resolve"):
-                busy_starts += not gate.wait()
-                doc = run_load(daemon, endpoint, 1, args.serial, args, env, asked)
-                results["serial"][endpoint].append(doc)
-                st = percentiles(doc["latencies_ms"])
-                bp.log(f"serial {endpoint:7}: p50 {st['p50']:.3f} ms p99 {st['p99']:.3f} ms, "
-                       f"{len(doc['latencies_ms']) / doc['seconds']:.0f} req/s, others {other_load(doc):.2f} cores")
-        for rate in args.rates:
-            per_client = max(1, round(rate * args.rate_seconds / args.concurrency))
-            for endpoint in ("health", "resolve"):
-                busy_starts += not gate.wait()
-                doc = run_load(daemon, endpoint, args.concurrency, per_client, args, env, asked, rate)
-                open_loop.setdefault(f"{rate:g}", {})[endpoint] = [doc]
-                st = percentiles(doc["latencies_ms"])
-                bp.log(f"open loop {rate:g} req/s {endpoint:7}: p50 {st['p50']:.2f} ms p99 {st['p99']:.2f} ms "
-                       f"max {st['max']:.2f} ms, achieved {len(doc['latencies_ms']) / doc['seconds']:.0f} req/s, "
-                       f"others {other_load(doc):.2f} cores")
-        status, daemon_status = daemon.call("GET", "/v1/status")
-    except bp.ChildError as exc:
-        bp.log(str(exc))
-        return 2
-    finally:
-        daemon.stop()
-    summary: dict[str, Any] = {
-        key: {ep: phase_summary(runs) for ep, runs in phases.items() if runs}
-        for key, phases in results.items() if all(phases.values())
-    }
-    summary["open_loop"] = {rate: {ep: phase_summary(runs) for ep, runs in phases.items()}
-                            for rate, phases in open_loop.items()}
-    if "serial" not in summary:
-        summary["serial"] = summary["concurrent"]  # --serial 0: print the concurrent figures twice
-    cr, ch = summary["concurrent"]["resolve"], summary["concurrent"]["health"]
-    summary["ratio_p99"] = cr["latency_ms"]["p99"] / ch["latency_ms"]["p99"]
-    summary["ratio_p50"] = cr["latency_ms"]["p50"] / ch["latency_ms"]["p50"]
-    summary["ratio_rps"] = cr["rps_median"] / ch["rps_median"]
-    summary["p99_target_ms"] = P99_TARGET_MS
-    summary["p99_ok"] = cr["latency_ms"]["p99"] < P99_TARGET_MS
-    everything = [p for k in ("concurrent", "serial") for p in summary[k].values()]
-    everything += [p for phases in summary["open_loop"].values() for p in phases.values()]
-    summary["other_load_cores_max"] = max(p["other_load_cores_max"] for p in everything)
-    summary["phases_started_busy"] = busy_starts
-    summary["daemon_hits"] = daemon_status.get("hits") if status == 200 else None
-    summary["daemon_misses"] = daemon_status.get("misses") if status == 200 else None
-    failures = [f"{k} {ep}: statuses {p['statuses']}, {p['bad_bodies']} bad bodies"
-                for k, phases in [("concurrent", summary["concurrent"]), ("serial", summary["serial"]),
-                                  *((f"open loop {r}", ph) for r, ph in summary["open_loop"].items())]
-                for ep, p in phases.items() if set(p["statuses"]) != {"200"} or p["bad_bodies"]]
-    if summary["daemon_misses"]:
-        failures.append(f"the daemon counted {summary['daemon_misses']} misses (want 0)")
+    summary = summarize(b, archive_mib)
+    summary["wall_s"] = time.monotonic() - started
+    problems = b.problems + failures(summary)
     if args.json:
-        for p in everything:
-            p["latency_ms"] = {key: round(v, 4) for key, v in p["latency_ms"].items()}
         print(json.dumps({"config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                      "cpus": os.cpu_count(), "handles": asked},
-                          "summary": summary, "problems": failures}, indent=2))
+                          "summary": summary, "problems": problems}, indent=2))
     else:
-        print_table(summary, args)
-        print(f"daemon counted {summary['daemon_hits']} hits, {summary['daemon_misses']} misses")
-        for f in failures:
+        for label, s in summary["by_workers"].items():
+            print_setting(label, s, args)
+            print(f"daemon counted {s.get('hits')} hits ({s.get('worker_requests')} requests answered by workers, "
+                  f"{s.get('forwarded')} forwarded to the primary), {s.get('misses')} misses")
+        print_summary(summary, args)
+        print(f"wall time {summary['wall_s']:.0f} s")
+        for f in problems:
             print(f"  PROBLEM: {f}")
     shutil.rmtree(scratch, ignore_errors=True)
-    return 1 if failures else 0
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        kind, *rest = argv[1:]
-        if kind != "load":
-            raise SystemExit(f"unknown child {kind}")
-        child_load(*rest)
-        return 0
-    return bench(parse_args(argv))
+    return bench(parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
