@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cachemgr.client import call
 from tests.conftest import BASE_ENV, REPO, Cli
 from tests.daemon_support import wait_for
@@ -80,7 +82,8 @@ def test_sd_notify_ready_watchdog_stopping(cli: Cli, home: Path, tmp_path: Path)
         listener.close()
 
 
-def test_socket_activation(cli: Cli, home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_socket_activation(cli: Cli, home: Path, tmp_path: Path, workers: str) -> None:
     path = tmp_path / "activated.sock"
     launcher = (
         "import os, socket, sys\n"
@@ -89,7 +92,7 @@ def test_socket_activation(cli: Cli, home: Path, tmp_path: Path) -> None:
         "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
         "os.execv(sys.executable, [sys.executable, '-m', 'cachemgr', 'daemon', '--socket', sys.argv[2]])\n"
     )
-    env = {**BASE_ENV, **cli.env, "CACHEMGR_HOME": str(home)}
+    env = {**BASE_ENV, **cli.env, "CACHEMGR_HOME": str(home), "CACHEMGR_WORKERS": workers}
     proc = subprocess.Popen([sys.executable, "-c", launcher, str(path), str(tmp_path / "unused.sock")],
                             env=env, cwd=REPO, stderr=subprocess.PIPE)
     try:
@@ -100,6 +103,14 @@ def test_socket_activation(cli: Cli, home: Path, tmp_path: Path) -> None:
                 return False
         assert wait_for(healthy, 30)
         assert not (tmp_path / "unused.sock").exists(), "with LISTEN_FDS the daemon must not bind its own socket"
+        assert wait_for(lambda: len(call(str(path), "GET", "/v1/status", timeout=5)[1]["workers"]) == int(workers) - 1)
+        if workers == "2":  # the worker serves the inherited socket too: it answers while the primary is stopped
+            (worker,) = call(str(path), "GET", "/v1/status", timeout=5)[1]["workers"]
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                assert call(str(path), "GET", "/v1/health", timeout=10)[1]["pid"] == worker
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
