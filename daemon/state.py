@@ -28,6 +28,8 @@ from .metrics import Metrics, store_totals
 
 log = logging.getLogger("cachemgrd")
 RESTART_ONLY = ("home", "socket", "listen")  # bound or opened at start; SIGHUP cannot change them
+
+
 class DaemonState:
     def __init__(self, settings: Settings, env: Mapping[str, str], config_arg: Any = None) -> None:
         self.env = dict(env)
