@@ -62,6 +62,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._backoff = RESTART_BACKOFF[0]
         self._settings: Settings | None = None
+        self._reloading = asyncio.Lock()
         self.stopping = False
 
     def pids(self) -> list[int]:
@@ -78,9 +79,17 @@ class WorkerPool:
 
     async def reload(self, settings: Settings, count: int) -> None:
         """New workers with ``settings``; the old ones stop once the new serve (finishing what they have)."""
+        async with self._reloading:  # two quick SIGHUPs: the second waits, then replaces the first's
+            await self._replace(settings, count)
+
+    async def _replace(self, settings: Settings, count: int) -> None:
         self._settings = settings
         old = list(self.current)
         fresh = [w for w in await asyncio.gather(*(self._spawn(settings) for _ in range(count - 1))) if w]
+        if self.stopping:  # shut down while they started
+            for worker in fresh:
+                _signal(worker, signal.SIGTERM)
+            return
         if len(fresh) < count - 1:
             log.error("reload: %d of %d new workers started; keeping the old ones too", len(fresh), count - 1)
             self.current += fresh

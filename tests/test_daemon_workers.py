@@ -227,6 +227,20 @@ def test_sighup_replaces_workers_with_the_new_settings(cli: Cli, origin: FakeOri
     assert code == 200 and json.loads(raw)["fetched"] is False
 
 
+def test_two_quick_reloads_leave_one_set_of_workers(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 3)
+    first = set(status(d)["workers"])
+    os.kill(d.proc.pid, signal.SIGHUP)
+    # The second SIGHUP lands while the first reload is still starting its workers (a signal sent
+    # before the first was handled would merge with it).
+    assert wait_for(lambda: "configuration reloaded" in d.output(), 30), d.output()
+    os.kill(d.proc.pid, signal.SIGHUP)
+    assert wait_for(lambda: d.output().count("workers reloaded") == 2, 60), d.output()
+    workers = set(status(d)["workers"])
+    assert len(workers) == 2 and not workers & first
+    assert wait_for(lambda: set(_workers_of(d)) == workers, 30), (_workers_of(d), workers)
+
+
 def test_one_process_when_asked(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
     d = start(daemons, cli, home, 1)
     assert status(d)["workers"] == [] and _workers_of(d) == []
