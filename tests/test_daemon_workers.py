@@ -66,21 +66,26 @@ def status(d: Daemon) -> dict[str, Any]:
     return doc
 
 
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 @contextlib.contextmanager
 def primary_stopped(d: Daemon) -> Iterator[None]:
     os.kill(d.proc.pid, signal.SIGSTOP)
     try:
+        assert wait_for(lambda: _state(d.proc.pid) == "T", 10), "the primary did not stop"
         yield
     finally:
         os.kill(d.proc.pid, signal.SIGCONT)
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _state(pid) not in ("", "Z")
 
 
 class Background:
