@@ -77,3 +77,18 @@ def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.05) -> boo
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def process_state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc (R, S, T stopped, Z zombie...), "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def stop_process(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until it has really stopped (delivery is asynchronous)."""
+    os.kill(pid, signal.SIGSTOP)
+    assert wait_for(lambda: process_state(pid) == "T", 10), f"process {pid} did not stop"

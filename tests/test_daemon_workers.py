@@ -23,7 +23,7 @@ from cachemgrd.counters import SharedCounters
 from cachemgrd.workers import SLOTS
 
 from tests.conftest import BASE_ENV, REPO, Cli
-from tests.daemon_support import Daemon, free_port, wait_for
+from tests.daemon_support import Daemon, free_port, process_state, stop_process, wait_for
 from tests.support.origin import FakeOrigin
 from tests.test_daemon import TFHUB, http
 
@@ -66,26 +66,17 @@ def status(d: Daemon) -> dict[str, Any]:
     return doc
 
 
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
-
-
 @contextlib.contextmanager
 def primary_stopped(d: Daemon) -> Iterator[None]:
-    os.kill(d.proc.pid, signal.SIGSTOP)
+    stop_process(d.proc.pid)
     try:
-        assert wait_for(lambda: _state(d.proc.pid) == "T", 10), "the primary did not stop"
         yield
     finally:
         os.kill(d.proc.pid, signal.SIGCONT)
 
 
 def alive(pid: int) -> bool:
-    return _state(pid) not in ("", "Z")
+    return process_state(pid) not in ("", "Z")
 
 
 class Background:

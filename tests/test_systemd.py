@@ -16,7 +16,7 @@ import pytest
 
 from cachemgr.client import call
 from tests.conftest import BASE_ENV, REPO, Cli
-from tests.daemon_support import wait_for
+from tests.daemon_support import stop_process, wait_for
 
 UNITS = REPO / "systemd"
 
@@ -106,7 +106,7 @@ def test_socket_activation(cli: Cli, home: Path, tmp_path: Path, workers: str) -
         assert wait_for(lambda: len(call(str(path), "GET", "/v1/status", timeout=5)[1]["workers"]) == int(workers) - 1)
         if workers == "2":  # the worker serves the inherited socket too: it answers while the primary is stopped
             (worker,) = call(str(path), "GET", "/v1/status", timeout=5)[1]["workers"]
-            os.kill(proc.pid, signal.SIGSTOP)
+            stop_process(proc.pid)
             try:
                 assert call(str(path), "GET", "/v1/health", timeout=10)[1]["pid"] == worker
             finally:
