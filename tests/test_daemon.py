@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE_ENV, REPO, Cli
-from tests.daemon_support import Daemon, free_port, wait_for
+from tests.daemon_support import Daemon, free_port, stop_process, wait_for
 from tests.support.origin import FakeOrigin
 
 TFHUB = "https://tfhub.dev/google/mymul/1"
@@ -103,7 +103,7 @@ def test_shim_hit_miss_and_keras(cli: Cli, origin: FakeOrigin, home: Path, daemo
     assert origin.completed("gcs") == 1
     uses = os.listdir(home / "uses")
     assert uses, "the shim recorded no use"
-    os.kill(d.proc.pid, signal.SIGSTOP)  # a hit must not need the daemon at all
+    stop_process(d.proc.pid)  # a hit must not need the daemon at all
     try:
         out, _ = run_job("load", TFHUB, env=env)
     finally:
