@@ -3,8 +3,9 @@ latency_report.py) and bench_shim_hit.py.
 
 Stdlib only at import time (children of the benchmarks import this module). The generic
 pieces (child environment, idle-machine gate, archive building, tree comparison) come from
-bench_pull.py; what is here is only what those three need on top: running the daemon,
-a tiny model for hit paths, percentiles, and reading several children's stdout at once.
+bench_base.py (re-exported here as ``bp``); what is here is only what those three need on top:
+running the daemon, a tiny model for hit paths, percentiles, and reading several children's
+stdout at once.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 try:
-    from benchmarks import bench_pull as bp
+    from benchmarks import bench_base as bp
 except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
-    import bench_pull as bp  # type: ignore[no-redef]
+    import bench_base as bp  # type: ignore[no-redef]
 
 __all__ = ["bp", "Daemon", "ChildPipe", "child_pids", "ensure_small_models", "percentiles", "proc_cpu_seconds", "pump",
            "reap", "tree_cpu_seconds"]

@@ -13,7 +13,7 @@ The archive (``tests/support/models.py:build_big_model`` + ``make_archive``, cac
   ``CACHEMGR_SOCKET`` set (the daemon fetches once for all of them).
 
 Every child imports tensorflow_hub (and the shim) first, prints ``ready`` and blocks reading
-its stdin. When all are ready (and the machine is idle, see bench_pull.QuietGate) the parent
+its stdin. When all are ready (and the machine is idle, see bench_base.QuietGate) the parent
 notes ``go = time.time()`` and writes ``go`` to each. A child's figure is its ``time.time()``
 after ``hub.resolve`` returned minus ``go``. Reported: first and last process (medians over
 rounds), last(cachemgr)/last(hub) (target <= 0.4), and the downloads the server saw.
@@ -154,7 +154,7 @@ class Herd:
 
 
 class CountingServer(bp.Server):
-    """bench_pull's Server, run with this file's counting ``serve`` child."""
+    """bench_base's Server, run with this file's counting ``serve`` child."""
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         import subprocess
