@@ -12,6 +12,7 @@ import logging
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .httperrors import plain_error
 
@@ -50,14 +51,14 @@ class Forwarder:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         assert self.session is not None
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP)
         headers[VIA_HEADER] = "tcp" if client_is_tcp(request) else "unix"
         resp: web.StreamResponse | None = None
         try:
             async with self.session.request(request.method, f"http://primary{request.path_qs}", headers=headers,
                                             data=body or None, allow_redirects=False) as upstream:
-                resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers={
-                    k: v for k, v in upstream.headers.items() if k.lower() not in _HOP})
+                resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=CIMultiDict(
+                    (k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP))
                 if upstream.content_length is not None:
                     resp.content_length = upstream.content_length
                 await resp.prepare(request)

@@ -45,12 +45,13 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     app = create_app(state)
     count = settings.worker_count(os.cpu_count())
     listeners = bind_all(settings, env)
-    pool = WorkerPool(listeners, env) if count > 1 else None
-    if pool is not None:
-        app[WORKERS] = pool
-        app[INTERNAL_SOCKET] = pool.primary_socket
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
+    pool: WorkerPool | None = None
     try:
+        if count > 1:
+            pool = WorkerPool(listeners, env)
+            app[WORKERS] = pool
+            app[INTERNAL_SOCKET] = pool.primary_socket
         await runner.setup()
         await _serve_sockets(runner, listeners, pool)
         if pool is not None:
@@ -59,6 +60,8 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
         if pool is not None:
             await pool.stop()
         await runner.cleanup()
+        if pool is not None:
+            pool.close()
         listeners.close()
         raise
     where = listeners.where
@@ -102,6 +105,8 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     if pool is not None:
         await pool.stop()  # workers finish their requests (forwarded ones too) while we still serve
     await runner.cleanup()
+    if pool is not None:
+        pool.close()
     listeners.close()
     log.info("stopped")
 

@@ -116,6 +116,9 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.current = []
+
+    def close(self) -> None:
+        """After ``stop`` and after the primary stopped serving (status reads the counters until then)."""
         self.counters.close()
         shutil.rmtree(self.private_dir, ignore_errors=True)
 
