@@ -25,7 +25,7 @@ from cachemgr.store import Store
 from .forward import VIA_HEADER, client_is_tcp
 from .hitpath import Resolved
 from .httperrors import error_response, plain_error
-from .metrics import Metrics, render
+from .metrics import render
 from .state import DaemonState
 from .tarstream import gzip_chunks, tar_chunks, tar_size
 
@@ -40,7 +40,6 @@ class Serving(Protocol):
     settings: Settings
     store: Store
     index: RefIndex
-    metrics: Metrics
 
     async def resolve(self, text: str) -> Resolved: ...
 
@@ -103,7 +102,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE]
+    """The primary's: library errors become typed JSON answers (httperrors' one table), counted."""
+    state = request.app[PRIMARY]
     state.metrics.requests += 1
     try:
         return await handler(request)

@@ -27,10 +27,6 @@ class Listeners:
     where: list[str] = field(default_factory=list)
     unix_path: Path | None = None  # the socket file this process created (removed at stop)
 
-    @property
-    def activated(self) -> bool:
-        return any(w.startswith("fd:") for w in self.where)
-
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()

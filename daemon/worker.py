@@ -36,7 +36,6 @@ from .forward import Forwarder
 from .heap import freeze_startup_objects
 from .hitpath import HitPath, Resolved
 from .listeners import LISTEN_BACKLOG
-from .metrics import Metrics
 
 log = logging.getLogger("cachemgrd.worker")
 READY = b"ready\n"
@@ -80,7 +79,6 @@ class WorkerState:
         self.settings = settings
         self.store = open_store(settings)
         self.index = RefIndex(self.store)
-        self.metrics = Metrics()
         self.slot = slot
         self.hits = HitPath(self.store, self.index)
 
@@ -105,7 +103,6 @@ def forwarding_middleware(slot: CounterSlot, forward: Handler) -> Middleware:
         try:
             return await handler(request)
         except (ForwardToPrimary, CachemgrError):  # the primary gives the answer (and counts the error)
-            slot.forwarded()
             return await forward(request)
 
     return middleware
@@ -122,7 +119,7 @@ async def serve(spec: WorkerSpec, control: int) -> None:
         return await forwarder(request)
 
     state = WorkerState(spec.settings, slot)
-    app = create_app(state, forward, forwarding_middleware(slot, forwarder))
+    app = create_app(state, forward, forwarding_middleware(slot, forward))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None)
     await runner.setup()
     for fd in spec.fds:
