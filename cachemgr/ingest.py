@@ -142,10 +142,9 @@ class TreeBuilder:
         new_blobs = new_bytes = 0
         try:
             for entry in manifest.files:
-                if not self.store.has_blob(entry.sha256):
+                if self.store.adopt_blob(self.tree / entry.path, entry.sha256):  # counted by who created it
                     new_blobs += 1
                     new_bytes += entry.size
-                self.store.adopt_blob(self.tree / entry.path, entry.sha256)
             digest = self.store.write_manifest(manifest)
             snapshot = self.store.publish_snapshot(self.tree, digest)
         except OSError as exc:

@@ -88,21 +88,23 @@ class Store:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
-    def adopt_blob(self, staged: Path, digest: str) -> None:
+    def adopt_blob(self, staged: Path, digest: str) -> bool:
         """Make the staged, already-hashed file ``staged`` the blob ``digest``, deduplicating.
 
         Afterwards ``staged`` is a hard link to the blob (shared storage). Safe against a
-        concurrent prune removing the blob: then ``staged`` itself becomes the blob.
+        concurrent prune removing the blob: then ``staged`` itself becomes the blob. Returns
+        whether this call created the blob (of concurrent adopters of one digest, one does).
         """
         blob = self.blob_path(digest)
         if blob.exists() and self._link_existing(blob, staged):
-            return
+            return False
         blob.parent.mkdir(exist_ok=True)
         try:
             os.link(staged, blob)
         except FileExistsError:
-            if not self._link_existing(blob, staged):
-                os.link(staged, blob)
+            if self._link_existing(blob, staged):
+                return False
+            os.link(staged, blob)
         except OSError:
             # blobs/ on another file system, or no hard links: copy beside the blob, rename in.
             tmp = blob.parent / f".{unique_name('b')}"
@@ -112,6 +114,7 @@ class Store:
             finally:
                 if tmp.exists():
                     tmp.unlink()
+        return True
 
     def _link_existing(self, blob: Path, staged: Path) -> bool:
         """Replace ``staged`` by a link to the existing ``blob``; False if the blob vanished."""
