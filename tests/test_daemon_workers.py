@@ -22,6 +22,7 @@ import pytest
 from cachemgrd.counters import SharedCounters
 from cachemgrd.workers import SLOTS
 
+from cachemgr.client import call
 from tests.conftest import BASE_ENV, REPO, Cli
 from tests.daemon_support import Daemon, free_port, process_state, stop_process, wait_for
 from tests.support.origin import FakeOrigin
@@ -43,6 +44,9 @@ def daemons() -> Iterator[list[Daemon]]:
 
 
 def _workers_of(d: Daemon) -> list[int]:
+    """The daemon's child processes, read from /proc while it runs (a dead one's pid may be reused)."""
+    if d.proc.poll() is not None:
+        return []
     try:
         with open(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children") as fh:
             return [int(p) for p in fh.read().split()]
@@ -71,8 +75,16 @@ def primary_stopped(d: Daemon) -> Iterator[None]:
     stop_process(d.proc.pid)
     try:
         yield
+    except TimeoutError:  # nobody answered: say which processes there were and what the daemon logged
+        states = {pid: process_state(pid) for pid in [d.proc.pid, *_workers_of(d)]}
+        raise AssertionError(f"no answer with the primary stopped; processes {states}; log:\n{d.output()}") from None
     finally:
         os.kill(d.proc.pid, signal.SIGCONT)
+
+
+def call_stopped(d: Daemon, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    """A request while the primary is stopped: a worker must answer it, so 30 s is plenty."""
+    return call(str(d.sock), method, path, body, timeout=30)
 
 
 def alive(pid: int) -> bool:
@@ -111,9 +123,9 @@ def test_workers_answer_hits_and_mirror_downloads_without_the_primary(
     with primary_stopped(d):
         answered = set()
         for handle in (TFHUB, TFHUB + "/") * 5:  # a fresh connection each time
-            code, doc = d.call("POST", "/v1/resolve", {"handle": handle})
+            code, doc = call_stopped(d, "POST", "/v1/resolve", {"handle": handle})
             assert code == 200 and doc["fetched"] is False and doc["path"] == first["path"], doc
-            answered.add(d.call("GET", "/v1/health")[1]["pid"])
+            answered.add(call_stopped(d, "GET", "/v1/health")[1]["pid"])
         code, tar_from_worker = http("GET", f"{d.base}/google/mymul/1?tf-hub-format=compressed")
     assert answered <= set(workers)
     assert code == 200 and tar_from_worker == tar_from_primary
@@ -173,13 +185,13 @@ def test_a_crashed_worker_is_replaced(cli: Cli, origin: FakeOrigin, home: Path, 
     assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200
     (old,) = status(d)["workers"]
     with primary_stopped(d):
-        assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200
+        assert call_stopped(d, "POST", "/v1/resolve", {"handle": TFHUB})[0] == 200
     hits = status(d)["hits"]
     os.kill(old, signal.SIGKILL)
     assert wait_for(lambda: len(status(d)["workers"]) == 1 and status(d)["workers"] != [old], 30), d.output()
     assert "exited" in d.output()
     with primary_stopped(d):
-        assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200  # the new worker serves
+        assert call_stopped(d, "POST", "/v1/resolve", {"handle": TFHUB})[0] == 200  # the new worker serves
     assert status(d)["hits"] == hits + 1  # counters carry on across the replacement
 
 
