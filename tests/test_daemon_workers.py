@@ -36,11 +36,12 @@ def daemons() -> Iterator[list[Daemon]]:
     started: list[Daemon] = []
     yield started
     for d in started:
-        workers = _workers_of(d)
-        d.stop(signal.SIGKILL)
-        for pid in workers:
+        # Workers first, their pids read from the live primary just now (a pid read from a dead
+        # daemon may be someone else's by now); they would leave by themselves anyway.
+        for pid in _workers_of(d):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        d.stop(signal.SIGKILL)
 
 
 def _workers_of(d: Daemon) -> list[int]:
