@@ -72,10 +72,12 @@ class WorkerPool:
         return self.counters.totals()
 
     async def start(self, settings: Settings, count: int) -> None:
-        """Start ``count - 1`` workers and wait until each serves (or failed, which is logged)."""
+        """Start ``count - 1`` workers and wait until each serves; one that fails is tried again later."""
         self._settings = settings
         started = await asyncio.gather(*(self._spawn(settings) for _ in range(count - 1)))
         self.current += [w for w in started if w is not None]
+        for _ in range(started.count(None)):
+            self._track(self._start_later())
 
     async def reload(self, settings: Settings, count: int) -> None:
         """New workers with ``settings``; the old ones stop once the new serve (finishing what they have)."""
@@ -147,10 +149,13 @@ class WorkerPool:
             self._busy_slots.discard(slot)
             return None
         worker = Worker(slot, proc)
-        task = asyncio.ensure_future(self._watch(worker))
+        self._track(self._watch(worker))
+        return worker
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return worker
 
     async def _watch(self, worker: Worker) -> None:
         code = await worker.proc.wait()
@@ -161,16 +166,24 @@ class WorkerPool:
         if time.monotonic() - worker.started > STABLE_AFTER:
             self._backoff = RESTART_BACKOFF[0]
         log.warning("worker %d exited (%s); starting another in %.0f s", worker.pid, code, self._backoff)
-        await asyncio.sleep(self._backoff)
-        self._backoff = min(self._backoff * 2, RESTART_BACKOFF[1])
-        if self.stopping or self._settings is None:
+        await self._start_later()
+
+    async def _start_later(self) -> None:
+        """One more worker after the backoff, trying again (backing off further) while starts fail."""
+        while not self.stopping and self._settings is not None:
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, RESTART_BACKOFF[1])
+            if self.stopping:
+                return
+            worker = await self._spawn(self._settings)
+            if worker is None:
+                continue
+            if self.stopping:
+                _signal(worker, signal.SIGTERM)
+                return
+            self.current.append(worker)
+            log.info("worker %d started", worker.pid)
             return
-        replacement = await self._spawn(self._settings)
-        if replacement is not None and not self.stopping:
-            self.current.append(replacement)
-            log.info("worker %d started in place of %d", replacement.pid, worker.pid)
-        elif replacement is not None:
-            _signal(replacement, signal.SIGTERM)
 
 
 def _signal(worker: Worker, sig: int) -> None:

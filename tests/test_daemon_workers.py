@@ -196,6 +196,27 @@ def test_a_crashed_worker_is_replaced(cli: Cli, origin: FakeOrigin, home: Path, 
     assert status(d)["hits"] == hits + 1  # counters carry on across the replacement
 
 
+def test_a_worker_that_fails_to_start_is_tried_again(cli: Cli, home: Path, tmp_path: Path,
+                                                    daemons: list[Daemon]) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # A real failing start: while the flag file exists, a worker process exits at interpreter start.
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "flag = os.environ.get('FAIL_WORKER_FLAG')\n"
+        "if flag and 'cachemgrd.worker' in sys.orig_argv and os.path.exists(flag):\n"
+        "    sys.exit(3)\n")
+    flag = tmp_path / "fail-workers"
+    flag.touch()
+    d = start(daemons, cli, home, 2, env={"PYTHONPATH": f"{hook}:{REPO}", "FAIL_WORKER_FLAG": str(flag)})
+    assert status(d)["workers"] == [] and "did not start" in d.output()
+    flag.unlink()
+    assert wait_for(lambda: len(status(d)["workers"]) == 1, 30), d.output()
+    (worker,) = status(d)["workers"]
+    with primary_stopped(d):
+        assert call_stopped(d, "GET", "/v1/health")[1]["pid"] == worker
+
+
 def test_sigterm_stops_every_process_and_leaves_nothing(cli: Cli, origin: FakeOrigin, home: Path,
                                                        daemons: list[Daemon]) -> None:
     d = start(daemons, cli, home, 3)
