@@ -80,9 +80,9 @@ def hit_handles(models: int) -> tuple[list[str], list[str]]:
 
 def expected_processes(setting: str) -> int:
     """How many processes ``--workers setting`` should run (primary included), by the daemon's own rule."""
-    from cachemgr.settings import Settings
+    from cachemgr.settings import Settings, usable_cpus
 
-    return Settings(home=Path("."), workers=None if setting == "auto" else int(setting)).worker_count(os.cpu_count())
+    return Settings(home=Path("."), workers=None if setting == "auto" else int(setting)).worker_count(usable_cpus())
 
 
 def run_load(daemon: Daemon, endpoint: str, concurrency: int, per_client: int, args: argparse.Namespace,

@@ -8,6 +8,7 @@ CACHEMGR_* environment variables, command-line flags.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -80,6 +81,13 @@ class Settings:
 
 MAX_AUTO_WORKERS = 4
 MAX_WORKERS = 64
+
+
+def usable_cpus() -> int | None:
+    """Cores this process may run on: its CPU affinity (a Slurm or cgroup allocation), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
 
 
 def default_socket(env: Mapping[str, str]) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from cachemgr.errors import CachemgrError
-from cachemgr.settings import Settings
+from cachemgr.settings import Settings, usable_cpus
 
 from . import systemd
 from .app import INTERNAL_SOCKET, WORKERS, create_app
@@ -43,7 +43,7 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP during start-up ignored; send it again"))
     state = DaemonState(settings, env, config_arg)
     app = create_app(state)
-    count = settings.worker_count(os.cpu_count())
+    count = settings.worker_count(usable_cpus())
     listeners = bind_all(settings, env)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
     pool: WorkerPool | None = None
@@ -77,8 +77,8 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
             return
         watcher.state.settings = new
         if pool is not None:
-            state.spawn(pool.reload(new, new.worker_count(os.cpu_count())))
-        elif new.worker_count(os.cpu_count()) > 1:
+            state.spawn(pool.reload(new, new.worker_count(usable_cpus())))
+        elif new.worker_count(usable_cpus()) > 1:
             log.warning("reload: this daemon started with one process; restart it to add workers")
         systemd.notify("STATUS=configuration reloaded", env)
 

@@ -198,3 +198,13 @@ def test_scan_view_finds_locks_and_real_directories_only(tmp_path: Path) -> None
     (view / ("d" * 39)).mkdir()  # not a hub entry name
     assert scan_view(view) == ([f"{'c' * 40}.lock"], [real])
     assert scan_view(tmp_path / "missing") == ([], [])
+
+
+def test_usable_cpus_follows_the_affinity_of_the_process() -> None:
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from cachemgr.settings import usable_cpus; print(usable_cpus())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"  # one allowed core (as in a Slurm allocation of one): one process
