@@ -5,7 +5,7 @@ file descriptors and a pickled ``WorkerSpec`` on stdin. It answers the read-only
 resolve hits, health, refs, manifests, blobs, mirror downloads of cached models) from the
 store and forwards everything else, misses included, to the primary, which alone fetches,
 so single flight holds across processes. It exits when told (SIGTERM) or when the primary is
-gone (its stdin reaches EOF), finishing the requests it has.
+gone (its stdin reaches EOF), finishing the requests it has (``DRAIN_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ from .listeners import LISTEN_BACKLOG
 
 log = logging.getLogger("cachemgrd.worker")
 READY = b"ready\n"
-SHUTDOWN_TIMEOUT = 2.0
+# How long a stopping worker lets the requests it has run. A forwarded resolve lasts as long as
+# the primary's fetch, so a reload (which replaces the workers) must not cut it; at shutdown the
+# primary cancels its fetches first, and kills a worker that is not gone after STOP_TIMEOUT.
+DRAIN_TIMEOUT = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ async def serve(spec: WorkerSpec, control: int) -> None:
 
     state = WorkerState(spec.settings, slot)
     app = create_app(state, forward, forwarding_middleware(slot, forward))
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT, access_log=None)
     await runner.setup()
     for fd in spec.fds:
         await web.SockSite(runner, socket.socket(fileno=fd), backlog=LISTEN_BACKLOG).start()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,26 @@ def test_sighup_replaces_workers_with_the_new_settings(cli: Cli, origin: FakeOri
         assert http("POST", f"{base}/v1/resolve", body, {"Authorization": f"Bearer {TOKEN}"})[0] == 401
         code, raw = http("POST", f"{base}/v1/resolve", body, {"Authorization": f"Bearer new-{TOKEN}"})
     assert code == 200 and json.loads(raw)["fetched"] is False
+
+
+def test_a_reload_lets_old_workers_finish_long_forwarded_requests(cli: Cli, origin: FakeOrigin, home: Path,
+                                                                 daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 2)
+    (old,) = status(d)["workers"]
+    release = origin.hold("gcs", after_bytes=100)
+    bg = Background()
+    with primary_stopped(d):  # so that the old worker takes the request and forwards it
+        bg.run(d.call, "POST", "/v1/resolve", {"handle": TFHUB})
+        assert wait_for(lambda: forwarded_so_far(d) >= 1, 30)
+    assert wait_for(lambda: origin.started("gcs") == 1, 60)
+    os.kill(d.proc.pid, signal.SIGHUP)
+    assert wait_for(lambda: status(d)["workers"] not in ([], [old]), 30), d.output()
+    time.sleep(5)  # longer than the grace aiohttp gave the draining worker before (2 s to wait, 2 to cancel)
+    assert alive(old), "the old worker gave up a request it was relaying"
+    release.set()
+    ((code, doc),) = bg.join()
+    assert code == 200 and doc["fetched"] is True, doc
+    assert wait_for(lambda: not alive(old), 30), "the old worker did not leave once it was done"
 
 
 def test_two_quick_reloads_leave_one_set_of_workers(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
