@@ -102,19 +102,24 @@ class CachemgrResolver:
         try:
             status, doc = call(socket_path, "POST", "/v1/resolve", {"handle": handle})
         except (DaemonUnavailable, ConnectionError, TimeoutError) as exc:
-            global _warned
-            if not _warned:
-                _warned = True
-                warnings.warn(f"cachemgr: daemon unreachable ({exc}); falling back to tensorflow_hub's "
-                              "own download. Start it with `cachemgr daemon` or set CACHEMGR_SOCKET.",
-                              RuntimeWarning, stacklevel=3)
-            return str(self._fallback(handle))
+            return self._fall_back(handle, str(exc))
+        if status == 503:  # a worker answered, but the daemon's primary is gone: as good as unreachable
+            return self._fall_back(handle, str(doc.get("error", {}).get("message", doc)))
         if status != 200:
             err = doc.get("error", {})
             raise CachemgrResolveError(f"cachemgr could not provide {handle}: {err.get('message', doc)}")
         if _nonempty_dir(path):
             return path
         return str(doc.get("view") or doc["path"])
+
+    def _fall_back(self, handle: str, why: str) -> str:
+        global _warned
+        if not _warned:
+            _warned = True
+            warnings.warn(f"cachemgr: daemon unreachable ({why}); falling back to tensorflow_hub's "
+                          "own download. Start it with `cachemgr daemon` or set CACHEMGR_SOCKET.",
+                          RuntimeWarning, stacklevel=4)
+        return str(self._fallback(handle))
 
 
 def register() -> bool:

@@ -341,3 +341,42 @@ def test_forwarder_answers_503_when_the_primary_is_gone(tmp_path: Path) -> None:
     code, doc = asyncio.run(scenario())
     assert code == 503 and doc["error"]["type"] == "primary_unavailable"
     assert "restart" in doc["error"]["message"]
+
+
+def test_shim_falls_back_when_a_worker_says_the_primary_is_gone(origin: FakeOrigin, tmp_path: Path) -> None:
+    import http.server
+    import socketserver
+
+    from tests.test_daemon import run_job
+
+    class Answer503(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps({"error": {"type": "primary_unavailable", "message": "primary is gone"}}).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[Any, Any]:
+            conn, _ = super().get_request()
+            return conn, ("local", 0)  # http.server wants a (host, port) client address
+
+    sock = tmp_path / "worker-only.sock"
+    server = UnixHTTPServer(str(sock), Answer503)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = origin.hosting_url("google", "mymul", 1)
+        out, _ = run_job("fallback", url, env={"CACHEMGR_SOCKET": str(sock), "TFHUB_CACHE_DIR": str(tmp_path / "hub")})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out["call"] == [6.0] and out["path"].startswith(str(tmp_path / "hub"))
+    assert len(out["warnings"]) == 1 and "primary is gone" in out["warnings"][0]
