@@ -1,8 +1,9 @@
 """Counters that worker processes share with the primary: one shared-memory file, a slot each.
 
 Each worker increments only its own slot (one writer per 8-byte cell, so no locking), and
-the primary sums the slots when it renders ``/metrics`` or ``/v1/status``. A worker that is
-restarted in the same slot continues from the values there, so totals never go backwards.
+the primary sums the slots when it renders ``/metrics`` or ``/v1/status``. A slot keeps its
+counts when its worker exits, and the next worker given that slot adds to them, so totals
+never go backwards.
 The file lives in the primary's private runtime directory, never in the (shared) store.
 """
 
