@@ -72,7 +72,8 @@ def build_store(home: Path, trees: list[Path]) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from cachemgr.catalog import record_model
     from cachemgr.handles import parse_handle
-    from cachemgr.ingest import Limits, ingest_directory
+    from cachemgr.ingest import ingest_directory
+    from cachemgr.manifest import Limits
     from cachemgr.store import Store
 
     store = Store(home)

@@ -82,6 +82,12 @@ class ModelStructureError(ArchiveError):
     code = "bad_savedmodel"
 
 
+class UnsafeManifestError(UnsafeArchiveError):
+    """A model manifest (from an upstream, a bundle, a registry or a shared store) is hostile or inconsistent."""
+
+    code = "unsafe_manifest"
+
+
 class StoreError(CachemgrError):
     code = "store_error"
 

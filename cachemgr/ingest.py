@@ -26,17 +26,10 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .fsutil import disk_error, remove_quietly
-from .manifest import FileEntry, Manifest
-from .savedmodel import check_structure
+from .manifest import FileEntry, Limits, Manifest, check_manifest
 from .store import Store
 
 CHUNK = 256 * 1024  # small enough to stay in cache; 1 MiB chunks measured ~40% slower
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int
-    max_entries: int
 
 
 @dataclass(frozen=True)
@@ -137,8 +130,8 @@ class TreeBuilder:
         self.files[path] = FileEntry(path, mode & 0o777 or 0o644, size, digest.hexdigest())
 
     def publish(self, compression: Compression | None) -> IngestResult:
-        check_structure(self.files, self.name)
         manifest = Manifest.build(list(self.files.values()), self.dirs)
+        check_manifest(manifest, self.name)
         new_blobs = new_bytes = 0
         try:
             for entry in manifest.files:

@@ -14,7 +14,8 @@ from .errors import CachemgrError, OfflineMissError, StoreError
 from .fetch import Fetcher, make_session
 from .fsutil import clean_stale_temps, remove_quietly
 from .handles import Handle, parse_handle, with_compressed_query
-from .ingest import Limits, ingest_directory, ingest_stream
+from .ingest import ingest_directory, ingest_stream
+from .manifest import Limits
 from .pipe import ChunkPipe, ReaderGone
 from .progress import Bars
 from .refs import Ref, RefIndex

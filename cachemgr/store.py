@@ -19,9 +19,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import StoreError, UnsafeManifestError
 from .fsutil import atomic_write, disk_error, link_or_copy, remove_quietly, unique_name
-from .manifest import Manifest
+from .manifest import Manifest, check_manifest
 
 STORE_FORMAT = 1
 _SUBDIRS = ("blobs/sha256", "manifests/sha256", "snapshots", "refs", "aliases", "view", "tmp")
@@ -181,18 +181,37 @@ class Store:
         return dest
 
     def materialize(self, manifest: Manifest) -> Path:
-        """Build ``snapshots/<digest>`` from blobs (used by import and repair)."""
+        """Build ``snapshots/<digest>`` from blobs (used by upstream fetches, import and repair).
+
+        Whatever the caller checked, the manifest is checked again here, every path must
+        resolve inside the staging tree, and every blob must have the size the manifest
+        says: a hostile manifest cannot place a file outside the snapshot.
+        """
         digest = manifest.digest
         if self.snapshot_path(digest).is_dir():
             return self.snapshot_path(digest)
+        check_manifest(manifest, f"manifest {digest}")
         staging = self.new_temp("snap")
         try:
             tree = staging / "tree"
             tree.mkdir()
-            for d in manifest.dirs:
-                (tree / d).mkdir(parents=True, exist_ok=True)
+            for d in sorted(manifest.dirs):  # parents first; the tree is ours, so no link can be in it
+                _inside(tree, d).mkdir()
             for f in manifest.files:
-                link_or_copy(self.blob_path(f.sha256), tree / f.path)
+                blob = self.blob_path(f.sha256)
+                size = blob.stat().st_size
+                if size != f.size:
+                    raise UnsafeManifestError(f"manifest {digest}: {f.path!r} is {f.size} bytes by the manifest, "
+                                              f"but blob {f.sha256} is {size}; refused")
+                link_or_copy(blob, _inside(tree, f.path))
             return self.publish_snapshot(tree, digest)
         finally:
             remove_quietly(staging)
+
+
+def _inside(tree: Path, rel: str) -> Path:
+    """``tree / rel``, refusing anything that would resolve outside ``tree``."""
+    target = Path(os.path.normpath(os.path.join(tree, rel)))
+    if target == tree or tree not in target.parents:
+        raise UnsafeManifestError(f"path {rel!r} resolves outside the snapshot; refused")
+    return target

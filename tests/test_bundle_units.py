@@ -60,8 +60,9 @@ def bundle_of(refs: list[Ref], manifests: list[Manifest], have: Inventory | None
     return BundleManifest(1.0, "cachemgr test", tuple(refs), by_digest, plan_blobs(refs, by_digest, have))
 
 
-A = model("saved_model.pb", "variables/variables.index", "assets/vocab.txt")
-B = model("saved_model.pb", "variables/variables.index", "assets/vocab.txt", "extra")
+A = model("saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001", "assets/vocab.txt")
+B = model("saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001", "assets/vocab.txt",
+          "extra")
 
 
 # -- planning --------------------------------------------------------------------------------

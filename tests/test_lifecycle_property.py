@@ -16,8 +16,9 @@ from cachemgr import pins
 from cachemgr.catalog import record_model
 from cachemgr.errors import NotPinnedError
 from cachemgr.handles import parse_handle
-from cachemgr.ingest import Limits, ingest_stream
+from cachemgr.ingest import ingest_stream
 from cachemgr.inventory import scan
+from cachemgr.manifest import Limits
 from cachemgr.prune import PrunePolicy, plan_prune
 from cachemgr.refs import RefIndex
 from cachemgr.settings import Settings
