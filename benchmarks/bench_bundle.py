@@ -70,11 +70,11 @@ def build_trees(root: Path, total_mb: int, models: int, seed: int = 0) -> list[P
 
 def build_store(home: Path, trees: list[Path]) -> None:
     sys.path.insert(0, str(REPO_ROOT))
-    from cachemgr.catalog import record_model
     from cachemgr.handles import parse_handle
-    from cachemgr.ingest import ingest_directory
-    from cachemgr.manifest import Limits
-    from cachemgr.store import Store
+    from cachemgr.ingest.publish import record_model
+    from cachemgr.ingest.unpack import ingest_directory
+    from cachemgr.store.manifest import Limits
+    from cachemgr.store.objects import Store
 
     store = Store(home)
     store.create()

@@ -152,7 +152,7 @@ class Daemon:
         return self.proc.pid
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, dict[str, Any]]:
-        from cachemgr.client import call
+        from cachemgr.client.daemon_client import call
 
         return call(str(self.socket), method, path, body, timeout=timeout)
 

@@ -335,7 +335,8 @@ def bench(args: argparse.Namespace) -> int:
         while fh.read(8 * bp.MIB):
             pass
     bp.log("warming imports (tensorflow_hub, cachemgr.shim), untimed")
-    bp.run_child([sys.executable, "-c", "import tensorflow_hub, cachemgr.shim, cachemgr.client"], env, timed=False)
+    bp.run_child([sys.executable, "-c", "import tensorflow_hub, cachemgr.shim, cachemgr.client.daemon_client"], env,
+                 timed=False)
     rundir = workdir / "herd"
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir()

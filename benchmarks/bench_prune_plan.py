@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cachemgr.inventory import scan
-from cachemgr.prune import PrunePolicy, plan_prune
-from cachemgr.refs import key_of
-from cachemgr.store import Store
-from cachemgr.view import hub_key
+from cachemgr.lifecycle.prune_plan import PrunePolicy, plan_prune
+from cachemgr.lifecycle.scan import scan
+from cachemgr.store.objects import Store
+from cachemgr.store.refs import key_of
+from cachemgr.store.view import hub_key
 
 BLOBS_PER_MODEL = 10  # plus one blob shared by each group of 10 models
 BLOB_SIZE = 1 << 20  # claimed in manifests; the files themselves are empty

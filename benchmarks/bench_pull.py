@@ -60,7 +60,7 @@ def child_cachemgr(url: str, home: str) -> None:
     """Pull ``url`` into the store ``home`` in-process, the way ``cachemgr pull`` does."""
     import asyncio
 
-    from cachemgr.pull import Puller, open_store
+    from cachemgr.fetch.pull import Puller, open_store
     from cachemgr.settings import load_settings
 
     settings = load_settings(os.environ, None, {"home": home})
@@ -288,7 +288,7 @@ def bench(args: argparse.Namespace) -> int:
             pass
     bp.log("warming imports (tensorflow_hub, cachemgr), untimed")
     bp.run_child([sys.executable, "-c", "import tensorflow_hub"], env, timed=False)
-    bp.run_child([sys.executable, "-c", "import cachemgr.pull"], env, timed=False)
+    bp.run_child([sys.executable, "-c", "import cachemgr.fetch.pull"], env, timed=False)
 
     runs_dir = workdir / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ cycling over several hit handles (canonical and trailing-slash forms), and times
 ``--client raw`` (default) speaks HTTP/1.1 over ``asyncio.open_unix_connection`` with prebuilt
 requests, which costs the generator far less CPU than ``--client aiohttp``
 (``aiohttp.UnixConnector``): on 2 cores the generator competes with the daemon for CPU.
-Connections are kept alive unless ``--fresh-connections`` (what ``cachemgr.client.call`` does);
+Connections are kept alive unless ``--fresh-connections`` (what ``cachemgr.client.daemon_client.call`` does);
 a kept-alive raw connection first asks ``/v1/health`` (untimed) which process serves it, so the
 figures are also split between the primary and the workers.
 

@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from cachemgr.lifecycle.scrub import run_verify
+from cachemgr.lifecycle.verify import VerifyOptions
 from cachemgr.settings import Settings
-from cachemgr.store import Store
-from cachemgr.verify import VerifyOptions, run_verify
+from cachemgr.store.objects import Store
 
 
 def build(store: Store, total: int) -> list[Path]:

@@ -1,3 +1,3 @@
-from .cli import main
+from cachemgr.cli.main import main
 
 main()

@@ -136,18 +136,6 @@ class NotPinnedError(NotCachedError):
     code = "not_pinned"
 
 
-class CorruptionFound(CachemgrError):
-    """``verify`` found corruption that is still there (not repaired, or repair failed)."""
-
-    code = "corruption_found"
-
-
-class CorruptionRepaired(CachemgrError):
-    """``verify --repair`` found corruption and repaired all of it (an outcome, not a failure)."""
-
-    code = "corruption_repaired"
-
-
 # The one table from exception class to process exit code (most specific class wins).
 EXIT_CODES: dict[type[BaseException], int] = {
     CachemgrError: 1,
@@ -161,13 +149,11 @@ EXIT_CODES: dict[type[BaseException], int] = {
     IntegrityError: 8,
     ArchiveError: 9,
     StoreError: 10,
-    # 20s: bundles; 11 and 12: verify outcomes
+    # 11 and 12 are verify's outcomes (lifecycle.verify.Outcome), not errors; 20s: bundles
     BundleError: 20,
     BundleIntegrityError: 8,
     MissingBaseError: 21,
     SignatureError: 22,
-    CorruptionFound: 11,
-    CorruptionRepaired: 12,
 }
 
 

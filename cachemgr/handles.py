@@ -12,7 +12,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import HandleError
+from cachemgr.errors import HandleError
 
 Kind = Literal["tfhub", "kaggle", "tfhub_cn", "http"]
 

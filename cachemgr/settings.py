@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .units import parse_duration, parse_size
+from cachemgr.errors import ConfigError
+from cachemgr.units import parse_duration, parse_size
 
 Mirror = tuple[str, str]
 
@@ -211,7 +211,7 @@ def _convert(key: str, value: Any, source: str) -> Any:
 
 def _trusted_keys(value: Any, source: str) -> tuple[str, ...]:
     """Public keys from a list of key lines or .pub files (TOML), or "FILE:FILE" (environment)."""
-    from .signing import read_public_keys  # deferred: keeps settings light
+    from cachemgr.signing import read_public_keys  # deferred: keeps settings light
 
     items = value.split(":") if isinstance(value, str) else value
     if not isinstance(items, list):

@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, SignatureError
+from cachemgr.errors import ConfigError, SignatureError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cachemgr.client import call
+from cachemgr.client.daemon_client import call
 from tests.conftest import REPO
 
 

@@ -38,9 +38,9 @@ from cachemgr.errors import (
     TruncatedBundleError,
     UnsafeArchiveError,
 )
-from cachemgr.manifest import FileEntry, Manifest
-from cachemgr.refs import Ref
 from cachemgr.settings import load_settings
+from cachemgr.store.manifest import FileEntry, Manifest
+from cachemgr.store.refs import Ref
 
 
 def h(text: str) -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def test_herd_of_clients_causes_one_download(cli: Cli, origin: FakeOrigin, home:
     d = start(daemons, cli, home)
     release = origin.hold("gcs", after_bytes=100)
     env = {"CACHEMGR_SOCKET": str(d.sock), "TFHUB_CACHE_DIR": str(home / "view")}
-    raw = ("import sys, json; from cachemgr.client import call; "
+    raw = ("import sys, json; from cachemgr.client.daemon_client import call; "
            "print(json.dumps(call(sys.argv[1], 'POST', '/v1/resolve', {'handle': sys.argv[2]})))")
     clients = [subprocess.Popen([sys.executable, "-c", raw, str(d.sock), TFHUB + ("/" if i % 2 else "")],
                                 env={**BASE_ENV, **env}, stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -214,7 +215,7 @@ def test_sigterm_mid_download_exits_cleanly(cli: Cli, origin: FakeOrigin, home: 
     d = start(daemons, cli, home)
     origin.hold("gcs", after_bytes=500)
     waiter = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from cachemgr.client import call; print(call(sys.argv[1], 'POST', '/v1/resolve',"
+        "import sys; from cachemgr.client.daemon_client import call; print(call(sys.argv[1], 'POST', '/v1/resolve',"
         " {'handle': sys.argv[2]}))"), str(d.sock), TFHUB], env=BASE_ENV, cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert wait_for(lambda: origin.started("gcs") == 1, 30)
@@ -291,8 +292,15 @@ def test_unreachable_daemon_status(cli: Cli, tmp_path: Path) -> None:
 
 def test_shim_install_writes_pth(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # A fresh venv that sees what this interpreter sees. --system-site-packages would give it the
+    # base interpreter's packages instead, which lack ours when the tests run inside a venv.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(purelib) / "outer-site.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in outer) + "\n")
     env = {**BASE_ENV, "PYTHONPATH": str(REPO)}
     r = subprocess.run([str(py), "-m", "cachemgr", "shim", "install"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

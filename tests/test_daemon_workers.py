@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 from cachemgrd.counters import SharedCounters
-from cachemgrd.workers import SLOTS
+from cachemgrd.supervisor import SLOTS
 
-from cachemgr.client import call
+from cachemgr.client.daemon_client import call
 from tests.conftest import BASE_ENV, REPO, Cli
 from tests.daemon_support import Daemon, free_port, process_state, stop_process, wait_for
 from tests.support.origin import FakeOrigin

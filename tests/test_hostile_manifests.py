@@ -127,7 +127,7 @@ def test_a_hostile_manifest_in_a_shared_store_is_refused(case: str, cli: Cli, mo
     (cli.home / "manifests" / "sha256" / f"{digest}.json").write_bytes(hostile.canonical(doc))
     ref = json.loads(next((cli.home / "refs").glob("*.json")).read_bytes())
     ref.update(handle=EVIL, asked=EVIL, manifest=digest, aliases=[EVIL])
-    from cachemgr.refs import key_of
+    from cachemgr.store.refs import key_of
 
     (cli.home / "refs" / f"{key_of(EVIL)}.json").write_text(json.dumps(ref))
     r = cli("pull", EVIL, env={"CACHEMGR_OFFLINE": "1"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cachemgr.pins import wanted_handles
-from cachemgr.store import Store
+from cachemgr.lifecycle.pins import wanted_handles
+from cachemgr.store.objects import Store
 from tests.conftest import Archives, Cli
 from tests.lifecycle_helpers import MYMUL, TEXT1, TEXT2, sha1
 from tests.support.origin import FakeOrigin

@@ -12,19 +12,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachemgr import pins
-from cachemgr.catalog import record_model
 from cachemgr.errors import NotPinnedError
 from cachemgr.handles import parse_handle
-from cachemgr.ingest import ingest_stream
-from cachemgr.inventory import scan
-from cachemgr.manifest import Limits
-from cachemgr.prune import PrunePolicy, plan_prune
-from cachemgr.refs import RefIndex
+from cachemgr.ingest.publish import record_model
+from cachemgr.ingest.unpack import ingest_stream
+from cachemgr.lifecycle import pins
+from cachemgr.lifecycle.prune_exec import execute_prune
+from cachemgr.lifecycle.prune_plan import PrunePolicy, plan_prune
+from cachemgr.lifecycle.scan import scan
 from cachemgr.settings import Settings
-from cachemgr.store import Store
-from cachemgr.sweep import execute_prune
-from cachemgr.usage import record_handle_use
+from cachemgr.store.manifest import Limits
+from cachemgr.store.objects import Store
+from cachemgr.store.refs import RefIndex
+from cachemgr.store.usage import record_handle_use
 from tests.conftest import Archives
 from tests.lifecycle_helpers import consistency_problems
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cachemgr.fsutil import unique_name
+from cachemgr.store.fs import unique_name
 from tests.conftest import BASE_ENV, REPO, Cli
 from tests.lifecycle_helpers import (
     MYMUL,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from cachemgr.lifecycle.scrub import run_verify
+from cachemgr.lifecycle.verify import VerifyOptions
 from cachemgr.settings import Settings
-from cachemgr.store import Store
-from cachemgr.verify import VerifyOptions, run_verify
+from cachemgr.store.objects import Store
 from tests.conftest import BASE_ENV, REPO, Cli, Models
 from tests.lifecycle_helpers import MYMUL, TEXT1, TEXT2, consistency_problems, sha1
 from tests.support.archives import Member, model_members, tar_bytes

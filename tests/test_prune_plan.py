@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cachemgr.inventory import ManifestRecord, ModelRecord, StoreSnapshot, TempRecord
-from cachemgr.pins import Pin
-from cachemgr.prune import PrunePolicy, plan_prune, series_of
+from cachemgr.lifecycle.prune_plan import PrunePolicy, plan_prune, series_of
+from cachemgr.lifecycle.scan import ManifestRecord, ModelRecord, StoreSnapshot, TempRecord
+from cachemgr.store.pins import Pin
 
 NOW = 1_000_000_000.0
 DAY = 86400.0

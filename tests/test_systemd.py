@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cachemgr.client import call
+from cachemgr.client.daemon_client import call
 from tests.conftest import BASE_ENV, REPO, Cli
 from tests.daemon_support import stop_process, wait_for
 

@@ -17,10 +17,10 @@ from cachemgr.errors import (
     TruncatedDownloadError,
     exit_code_for,
 )
-from cachemgr.fetch import md5_of, rewrite
+from cachemgr.fetch.http import md5_of, rewrite
 from cachemgr.handles import parse_handle, with_compressed_query
-from cachemgr.savedmodel import check_structure
 from cachemgr.settings import load_settings
+from cachemgr.store.savedmodel import check_structure
 from cachemgr.units import parse_duration, parse_size
 
 

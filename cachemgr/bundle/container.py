@@ -23,8 +23,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BundleError, MissingPartError, NotABundleError, StoreError, TruncatedBundleError, UsageError
-from ..fsutil import disk_error, remove_quietly, unique_name
+from cachemgr.errors import BundleError, MissingPartError, NotABundleError, StoreError, TruncatedBundleError, UsageError
+from cachemgr.store.fs import disk_error, remove_quietly, unique_name
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MAGIC = struct.pack("<I", 0x184D2A5B)

@@ -17,16 +17,16 @@ from typing import IO, cast
 
 import zstandard
 
-from .. import __version__, signing
-from ..errors import StoreError, UsageError
-from ..pins import Pin, read_pins
-from ..progress import Bar
-from ..refs import Ref, RefIndex
-from ..store import Store
-from .container import Sink, trailer
-from .format import MANIFEST_MEMBER, SIGNATURE_MEMBER, BundleManifest, Inventory
-from .plan import plan_blobs
-from .tarstream import end_of_archive, member_header, padding
+from cachemgr import __version__, signing
+from cachemgr.bundle.container import Sink, trailer
+from cachemgr.bundle.format import MANIFEST_MEMBER, SIGNATURE_MEMBER, BundleManifest, Inventory
+from cachemgr.bundle.plan import plan_blobs
+from cachemgr.bundle.tarstream import end_of_archive, member_header, padding
+from cachemgr.errors import StoreError, UsageError
+from cachemgr.progress import Bar
+from cachemgr.store.objects import Store
+from cachemgr.store.pins import Pin, read_pins
+from cachemgr.store.refs import Ref, RefIndex
 
 READ_SIZE = 4 << 20
 ZSTD_LEVEL = 3

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BundleError, BundleFormatError, BundleIntegrityError, CachemgrError, NotABundleError
-from ..manifest import Manifest, is_digest
-from ..refs import Ref
+from cachemgr.errors import BundleError, BundleFormatError, BundleIntegrityError, CachemgrError, NotABundleError
+from cachemgr.store.manifest import Manifest, is_digest
+from cachemgr.store.refs import Ref
 
 FORMAT = 1
 KIND = "cachemgr-bundle"

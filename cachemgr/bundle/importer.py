@@ -24,24 +24,9 @@ from typing import IO, cast
 
 import zstandard
 
-from .. import signing
-from ..catalog import relink
-from ..errors import (
-    BundleError,
-    BundleIntegrityError,
-    MissingBaseError,
-    NotABundleError,
-    SignatureError,
-    StoreError,
-    TruncatedBundleError,
-)
-from ..fsutil import disk_error, remove_quietly
-from ..pins import Pin, find_pin, write_pin
-from ..progress import Bar
-from ..refs import RefIndex
-from ..store import Store
-from .container import TRAILER_SIZE, PayloadReader, Segment, collect_segments, parse_trailer, read_tail
-from .format import (
+from cachemgr import signing
+from cachemgr.bundle.container import TRAILER_SIZE, PayloadReader, Segment, collect_segments, parse_trailer, read_tail
+from cachemgr.bundle.format import (
     BLOB_PREFIX,
     MANIFEST_MEMBER,
     MAX_MANIFEST_BYTES,
@@ -51,8 +36,23 @@ from .format import (
     BundleManifest,
     Inventory,
 )
-from .plan import ImportPlan, LocalState, missing_report, plan_import
-from .tarstream import Member, TarReader
+from cachemgr.bundle.plan import ImportPlan, LocalState, missing_report, plan_import
+from cachemgr.bundle.tarstream import Member, TarReader
+from cachemgr.errors import (
+    BundleError,
+    BundleIntegrityError,
+    MissingBaseError,
+    NotABundleError,
+    SignatureError,
+    StoreError,
+    TruncatedBundleError,
+)
+from cachemgr.ingest.publish import relink
+from cachemgr.progress import Bar
+from cachemgr.store.fs import disk_error, remove_quietly
+from cachemgr.store.objects import Store
+from cachemgr.store.pins import Pin, find_pin, write_pin
+from cachemgr.store.refs import RefIndex
 
 CHUNK = 1 << 20
 

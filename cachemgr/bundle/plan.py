@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from ..manifest import Manifest
-from ..refs import Ref
-from .format import BlobEntry, BundleManifest, Inventory
+from cachemgr.bundle.format import BlobEntry, BundleManifest, Inventory
+from cachemgr.store.manifest import Manifest
+from cachemgr.store.refs import Ref
 
 
 def plan_blobs(refs: Iterable[Ref], manifests: Mapping[str, Manifest],

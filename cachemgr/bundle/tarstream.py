@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..errors import BundleError, TruncatedBundleError
+from cachemgr.errors import BundleError, TruncatedBundleError
 
 BLOCK = 512
 RECORD = 20 * BLOCK

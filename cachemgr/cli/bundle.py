@@ -1,0 +1,185 @@
+"""``export``, ``import``, ``inventory`` and ``keygen``: air-gapped bundles (work is in cachemgr.bundle)."""
+
+from __future__ import annotations
+
+import glob
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from cachemgr import signing
+from cachemgr.bundle.container import read_part_header
+from cachemgr.bundle.export import build_manifest, live_pins, select_refs, write_bundle
+from cachemgr.bundle.format import Inventory
+from cachemgr.bundle.importer import ImportResult, import_bundle, take_inventory
+from cachemgr.cli.output import emit_json
+from cachemgr.cli.util import Ctx, json_option, pass_ctx, run_reporting
+from cachemgr.errors import BundleError, UsageError
+from cachemgr.progress import Bars
+from cachemgr.store.fs import atomic_write, clean_stale_temps
+from cachemgr.store.objects import Store
+from cachemgr.store.refs import RefIndex
+from cachemgr.units import format_size, parse_size
+
+
+def _store(c: Ctx, must_exist: bool) -> Store:
+    store = Store(c.settings.home)
+    if store.exists():
+        store.check_format()
+        clean_stale_temps(store.tmp, c.settings.temp_grace)
+    elif must_exist:
+        raise UsageError(f"{store.home} is not a cachemgr store; pull models first (or set --home)")
+    return store
+
+
+@click.command()
+@click.argument("handles", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Export every model in the store.")
+@click.option("--pinned", is_flag=True, help="Export every pinned model (live pins).")
+@click.option("--with-pins", is_flag=True, help="Carry the pins themselves, so the other side keeps them pinned.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle file (.tar.zst).")
+@click.option("--have", type=click.Path(path_type=Path),
+              help="Inventory of the receiving side (cachemgr inventory): pack only the blobs it lacks.")
+@click.option("--split-size", help="Write FILE.part001, .part002, ... of at most SIZE each (e.g. 4000M).")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), help="Sign with this ed25519 key (keygen).")
+@json_option
+@pass_ctx
+def export(c: Ctx, handles: tuple[str, ...], everything: bool, pinned: bool, with_pins: bool, output: Path,
+           have: Path | None, split_size: str | None, sign_key: Path | None, as_json: bool) -> None:
+    """Write models (their refs, manifests and blobs, each once) to one .tar.zst bundle."""
+
+    def go() -> None:
+        store = _store(c, must_exist=True)
+        split = parse_size(split_size, "--split-size") if split_size else None
+        inv = None
+        if have is not None:
+            try:
+                inv = Inventory.from_bytes(have.read_bytes(), str(have))
+            except OSError as exc:
+                raise UsageError(f"cannot read inventory {have} ({exc.strerror}); fix the path") from None
+        pins = live_pins(store)
+        refs = select_refs(store, handles, everything, pins if pinned else ())
+        exported = {r.handle for r in refs}
+        carried = [p for p in pins if RefIndex(store).canonical_for(p.asked) in exported] if with_pins else None
+        bundle = build_manifest(store, refs, inv, pins=carried)
+        bar = Bars(sys.stderr.isatty() and not as_json).new(f"export {output.name}")
+        try:
+            result = write_bundle(store, bundle, output, split_size=split, sign_key=sign_key, bar=bar)
+        finally:
+            bar.close()
+        outputs = [str(p) for p in result.outputs]
+        doc = {
+            "outputs": outputs, "size": result.size,
+            "models": [r.handle for r in bundle.refs], "blobs": len(bundle.blobs),
+            "packed_blobs": len(bundle.packed), "packed_bytes": bundle.packed_bytes,
+            "pins": len(bundle.pins or []),
+            "signer": signing.fingerprint(result.signer) if result.signer else None,
+        }
+        if as_json:
+            emit_json(doc)
+            return
+        omitted = len(bundle.blobs) - len(bundle.packed)
+        click.echo(f"wrote {', '.join(outputs)} ({format_size(result.size)}): {len(bundle.refs)} models, "
+                   f"{len(bundle.packed)} blobs ({format_size(bundle.packed_bytes)})"
+                   + (f", {omitted} blobs the receiver has left out" if inv is not None else ""))
+        click.echo(f"signed by {doc['signer']}" if result.signer else "unsigned (use --sign KEY to sign)")
+
+    run_reporting(as_json, go)
+
+
+def _expand(files: tuple[str, ...]) -> list[list[Path]]:
+    """Bundles to import, in order: each whole file alone, all parts together."""
+    paths: list[Path] = []
+    for text in files:
+        matches = sorted(glob.glob(text)) if not Path(text).exists() and glob.has_magic(text) else [text]
+        if not matches:
+            raise BundleError(f"no file matches {text}; give the bundle file or its parts")
+        paths += [Path(m) for m in matches]
+    parts = [p for p in paths if p.is_file() and read_part_header(p) is not None]
+    wholes = [[p] for p in paths if p not in parts]
+    return wholes + ([parts] if parts else [])
+
+
+def _report(result: ImportResult) -> None:
+    if result.noop:
+        click.echo(f"nothing to import: all {len(result.unchanged)} models in {result.where} are already here "
+                   f"(verified {result.blobs_skipped} blobs)")
+    else:
+        click.echo(f"imported {result.where}: {len(result.added)} added, {len(result.updated)} updated, "
+                   f"{len(result.unchanged)} unchanged; {result.blobs_added} new blobs "
+                   f"({format_size(result.bytes_added)}), {result.blobs_skipped} already present")
+        for status, handles in (("added", result.added), ("updated", result.updated)):
+            for handle in handles:
+                click.echo(f"  {status:9}{handle}")
+    for handle in result.pins_added:
+        click.echo(f"  pinned   {handle}")
+    if result.signer:
+        trust = "trusted key" if result.trusted else "key not checked against a trusted list"
+        click.echo(f"signature: good, by {signing.fingerprint(result.signer)} ({trust})")
+    else:
+        click.echo("signature: none")
+
+
+@click.command(name="import")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--require-signature", "pubkeys", multiple=True, metavar="PUBKEY",
+              help="Refuse bundles not signed by this key (.pub file or 'ssh-ed25519 ...'); repeatable.")
+@json_option
+@pass_ctx
+def import_(c: Ctx, files: tuple[str, ...], pubkeys: tuple[str, ...], as_json: bool) -> None:
+    """Verify and add a bundle (a .tar.zst, or its parts) to the store; needs no network."""
+
+    def go() -> None:
+        trusted = list(c.settings.trusted_keys)
+        for item in pubkeys:
+            trusted += signing.read_public_keys(item, "--require-signature")
+        store = _store(c, must_exist=False)
+        results = []
+        for group in _expand(files):
+            bar = Bars(sys.stderr.isatty() and not as_json).new(f"import {group[0].name}")
+            try:
+                results.append(import_bundle(store, group, tuple(dict.fromkeys(trusted)), bar))
+            finally:
+                bar.close()
+            if not as_json:
+                _report(results[-1])
+        if as_json:
+            emit_json({"results": [r.to_json() for r in results]})
+
+    run_reporting(as_json, go)
+
+
+@click.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the JSON.")
+@pass_ctx
+def inventory(c: Ctx, output: Path) -> None:
+    """List the manifests and blobs held here, for `export --have` on the connected side."""
+
+    def go() -> None:
+        store = _store(c, must_exist=False)
+        inv = take_inventory(store, time.time())
+        atomic_write(output, inv.to_bytes(), output.parent if str(output.parent) else Path("."))
+        click.echo(f"wrote {output}: {len(inv.manifests)} manifests, {len(inv.blobs)} blobs")
+
+    run_reporting(False, go)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--comment", default="cachemgr", show_default=True, help="Comment in the .pub line.")
+def keygen(path: Path, comment: str) -> None:
+    """Make an ed25519 key pair: PATH (private, 0600) and PATH.pub (OpenSSH format)."""
+
+    def go() -> None:
+        line = signing.generate_keypair(path, comment)
+        click.echo(f"wrote {path} (private: keep it on the connected side) and {path}.pub")
+        click.echo(f"fingerprint {signing.fingerprint(line)}")
+        click.echo(f"trust it on the air-gapped side: cachemgr import --require-signature {path}.pub FILE, "
+                   f"or trusted_keys = [\"{path}.pub\"] in config.toml")
+
+    run_reporting(False, go)
+
+
+COMMANDS = [export, import_, inventory, keygen]

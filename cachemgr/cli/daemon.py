@@ -1,0 +1,105 @@
+"""Commands around the daemon: ``daemon``, ``status``, ``shim install|uninstall``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cachemgr.cli.output import emit_json, fail
+from cachemgr.cli.util import Ctx, json_option, pass_ctx, run_reporting
+from cachemgr.client.daemon_client import DaemonUnavailable, call
+from cachemgr.errors import CachemgrError
+from cachemgr.units import format_size
+
+PTH_NAME = "cachemgr-shim.pth"
+
+
+@click.command()
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Unix socket [CACHEMGR_SOCKET].")
+@click.option("--listen", multiple=True, help="Also serve TCP on HOST:PORT (repeatable) [CACHEMGR_LISTEN].")
+@click.option("--workers", help="Processes serving the sockets: N or 'auto' (one per two cores, at most 4) "
+              "[CACHEMGR_WORKERS].")
+@click.option("--ready-file", type=click.Path(path_type=Path), hidden=True)
+@pass_ctx
+def daemon(c: Ctx, socket_path: Path | None, listen: tuple[str, ...], workers: str | None,
+           ready_file: Path | None) -> None:
+    """Run the cache daemon (resolve API, mirror, watcher)."""
+    if socket_path is not None:
+        c.overrides["socket"] = socket_path
+    if listen:
+        c.overrides["listen"] = list(listen)
+    if workers is not None:
+        c.overrides["workers"] = workers
+
+    def go() -> None:
+        from cachemgrd.main import run  # the CLI depends on the daemon package, never the reverse
+
+        run(c.settings, dict(os.environ), c.config, dict(c.overrides), ready_file)
+
+    run_reporting(False, go)
+
+
+@click.command()
+@json_option
+@pass_ctx
+def status(c: Ctx, as_json: bool) -> None:
+    """Show the running daemon's state."""
+
+    def go() -> None:
+        sock = str(c.settings.socket)
+        try:
+            code, doc = call(sock, "GET", "/v1/status", timeout=10)
+        except DaemonUnavailable as exc:
+            raise CachemgrError(f"{exc.strerror}; start it with `cachemgr daemon` or set CACHEMGR_SOCKET") from None
+        if as_json:
+            emit_json(doc)
+            return
+        workers = doc.get("workers") or []
+        procs = f" (+{len(workers)} workers: {', '.join(map(str, workers))})" if workers else ""
+        click.echo(f"daemon {doc['version']} pid {doc['pid']}{procs} up {doc['uptime']:.0f}s, store {doc['home']}")
+        click.echo(f"models {doc['store_entries']}, {format_size(doc['store_bytes'])}; hits {doc['hits']}, "
+                   f"misses {doc['misses']}, in flight {len(doc['inflight'])}, offline {doc['offline']}")
+
+    run_reporting(as_json, go)
+
+
+def _pth_path() -> Path:
+    return Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
+
+
+@click.group()
+def shim() -> None:
+    """Install or remove the tensorflow_hub shim for unchanged programs."""
+
+
+@shim.command("install")
+def shim_install() -> None:
+    """Write a .pth file so every Python process of this environment uses the shim."""
+    path = _pth_path()
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_text("import cachemgr.shim\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        fail(CachemgrError(f"cannot write {path}: {exc.strerror}; run with the environment's owner"), False)
+    click.echo(f"installed {path}")
+
+
+@shim.command("uninstall")
+def shim_uninstall() -> None:
+    """Remove the .pth file."""
+    path = _pth_path()
+    try:
+        path.unlink()
+        click.echo(f"removed {path}")
+    except FileNotFoundError:
+        click.echo(f"not installed ({path} absent)")
+        sys.exit(0)
+
+
+COMMANDS: list[Any] = [daemon, status, shim]

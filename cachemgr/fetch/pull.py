@@ -1,0 +1,195 @@
+"""``pull`` and ``add``: get models into the store (network fetch or local file/directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cachemgr.errors import CachemgrError, OfflineMissError, StoreError
+from cachemgr.fetch.http import Fetcher, make_session
+from cachemgr.fetch.upstream import fetch_from_upstreams
+from cachemgr.handles import Handle, parse_handle, with_compressed_query
+from cachemgr.ingest.pipe import ChunkPipe, ReaderGone
+from cachemgr.ingest.publish import record_model, relink
+from cachemgr.ingest.unpack import ingest_directory, ingest_stream
+from cachemgr.progress import Bars
+from cachemgr.settings import Settings
+from cachemgr.store.fs import clean_stale_temps, remove_quietly
+from cachemgr.store.manifest import Limits
+from cachemgr.store.objects import Store
+from cachemgr.store.refs import Ref, RefIndex
+
+
+@dataclass(frozen=True)
+class PullResult:
+    asked: str
+    status: str  # "pulled" | "present" | "failed"
+    ref: Ref | None = None
+    error: CachemgrError | None = None
+    new_blobs: int = 0
+    new_bytes: int = 0
+    resumes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"handle": self.asked, "status": self.status}
+        if self.ref is not None:
+            doc.update(
+                canonical=self.ref.handle, manifest=self.ref.manifest, size=self.ref.size,
+                files=self.ref.files, url=self.ref.url, aliases=list(self.ref.aliases),
+                new_blobs=self.new_blobs, new_bytes=self.new_bytes, resumes=self.resumes,
+            )
+        if self.error is not None:
+            doc["error"] = {"type": self.error.code, "message": str(self.error)}
+        return doc
+
+
+def open_store(settings: Settings, clean: bool = True) -> Store:
+    """The store at ``settings.home``, created if needed, with stale temps collected."""
+    store = Store(settings.home)
+    store.create()
+    if clean:
+        clean_stale_temps(store.tmp, settings.temp_grace)
+    return store
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(settings.max_model_bytes, settings.max_entries)
+
+
+def offline_miss(text: str) -> OfflineMissError:
+    return OfflineMissError(
+        f"{text} is not in the store and offline mode is on (CACHEMGR_OFFLINE/--offline); "
+        f"pull it on a connected machine and `cachemgr import` the bundle here, "
+        f"or go online and run `cachemgr pull {text}`"
+    )
+
+
+class Puller:
+    def __init__(self, settings: Settings, store: Store, bars: Bars | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.index = RefIndex(store)
+        self.bars = bars or Bars(False)
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix="ingest"
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    async def pull_many(self, texts: list[str], refresh: bool = False) -> list[PullResult]:
+        sem = asyncio.Semaphore(self.settings.concurrency)
+        session = None if self.settings.offline else make_session(self.settings)
+        marker = self.store.new_temp("inflight")  # prune keeps refs written while this exists
+        try:
+            async def one(text: str) -> PullResult:
+                async with sem:
+                    try:
+                        return await self.pull_one(text, session, refresh)
+                    except CachemgrError as err:
+                        return PullResult(text, "failed", error=err)
+            return list(await asyncio.gather(*(one(t) for t in texts)))
+        finally:
+            remove_quietly(marker)
+            if session is not None:
+                await session.close()
+
+    async def pull_one(self, text: str, session: Any, refresh: bool = False) -> PullResult:
+        handle = parse_handle(text)
+        existing = self.index.lookup(text)
+        if existing is not None and not refresh:
+            present = self._present(existing, handle)
+            if present is not None:
+                return PullResult(text, "present", present)
+            existing = None  # pruned while we looked: fetch it again
+        if self.settings.offline or session is None:
+            if existing is not None:
+                return PullResult(text, "present", relink(self.store, existing, handle))
+            raise offline_miss(text)
+        if self.settings.upstreams:
+            ref = await fetch_from_upstreams(self.settings, self.store, session, handle)
+            if ref is not None:
+                return PullResult(text, "pulled", ref)
+        return await self._download(handle, session)
+
+    def _present(self, ref: Ref, handle: Handle) -> Ref | None:
+        """Relink a stored model, marking its ref as in use so that a concurrent prune keeps it;
+        None if a prune removed it meanwhile."""
+        path = self.index.ref_path(ref.handle)
+        try:
+            os.utime(path)
+            ref = relink(self.store, ref, handle)
+        except FileNotFoundError:
+            return None
+        except StoreError:
+            if path.exists():
+                raise
+            return None
+        except OSError:
+            ref = relink(self.store, ref, handle)  # another user's ref: cannot mark it
+        return ref if path.exists() else None
+
+    async def _download(self, handle: Handle, session: Any) -> PullResult:
+        url = handle.fetch_url if not handle.compressed_query else with_compressed_query(
+            handle.fetch_url
+        )
+        pipe = ChunkPipe()
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self.pool, self._ingest_pipe, pipe, handle.asked)
+        bar = self.bars.new(handle.asked)
+        fetcher = Fetcher(self.settings, session)
+        try:
+            info = await fetcher.fetch(url, pipe.put, bar.update_to)
+        except ReaderGone:
+            info = None  # the ingest thread failed first; its error is the real one
+        except BaseException as exc:
+            await pipe.finish(exc if isinstance(exc, Exception) else CancelledIngest())
+            await asyncio.gather(job, return_exceptions=True)
+            raise
+        finally:
+            bar.close()
+        if info is not None:
+            await pipe.finish()
+        result = await job
+        assert info is not None
+        ref = record_model(
+            self.store, handle, result, source="pull", url=info.url, chain=info.chain,
+            etag=info.etag, x_goog_hash=info.x_goog_hash, archive_size=info.size,
+        )
+        return PullResult(handle.asked, "pulled", ref, None, result.new_blobs, result.new_bytes,
+                          info.resumes)
+
+    def _ingest_pipe(self, pipe: ChunkPipe, name: str) -> Any:
+        try:
+            return ingest_stream(self.store, pipe, name, limits_of(self.settings))
+        finally:
+            pipe.close()
+
+
+class CancelledIngest(Exception):
+    """Passed to the ingest thread when the download was cancelled."""
+
+
+def add_local(settings: Settings, store: Store, text: str, path: Path) -> PullResult:
+    """``cachemgr add``: ingest a local archive or SavedModel directory under a handle."""
+    handle = parse_handle(text)
+    limits = limits_of(settings)
+    name = str(path)
+    marker = store.new_temp("inflight")  # prune keeps refs written while this exists
+    try:
+        if path.is_dir():
+            result = ingest_directory(store, path, name, limits)
+        elif path.is_file():
+            with path.open("rb") as fh:
+                result = ingest_stream(store, fh, name, limits)
+        else:
+            raise StoreError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a directory")
+        ref = record_model(store, handle, result, source="add", url=path.resolve().as_uri(),
+                           archive_size=path.stat().st_size if path.is_file() else None)
+    finally:
+        remove_quietly(marker)
+    return PullResult(text, "pulled", ref, None, result.new_blobs, result.new_bytes)

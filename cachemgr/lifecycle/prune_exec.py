@@ -1,0 +1,275 @@
+"""Executing a prune plan, safely against concurrent pulls and running readers.
+
+Order: each evicted model's view links, aliases, ref and last-use records; then snapshots;
+then manifests and unreferenced blobs; then leftover temps. Nothing is deleted in place:
+items are renamed into a private trash directory under ``tmp/`` first. Before the trash is
+emptied the refs are read again, and anything a ref written meanwhile needs is renamed back
+(a pull that raced with us). An item that changed after the scan (newer mtime/ctime, or a
+blob with another hard link, e.g. in an in-flight pull's staging tree) is skipped.
+
+Deletion is ``unlink``: a process that has files of a pruned model open keeps reading them.
+Freed bytes are counted when the last link of a file goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cachemgr.lifecycle.prune_plan import Eviction, PrunePlan, PrunePolicy, plan_prune
+from cachemgr.lifecycle.scan import scan, scan_models
+from cachemgr.settings import Settings
+from cachemgr.store.fs import remove_quietly
+from cachemgr.store.objects import Store
+from cachemgr.store.pins import read_pins
+from cachemgr.store.refs import key_of
+from cachemgr.store.usage import uses_dir
+from cachemgr.store.view import hub_key
+
+
+@dataclass
+class PruneResult:
+    evicted: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    snapshots: int = 0
+    manifests: int = 0
+    blobs: int = 0
+    temps: int = 0
+    restored: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"evicted": self.evicted, "freed_bytes": self.freed_bytes, "removed": {
+            "snapshots": self.snapshots, "manifests": self.manifests, "blobs": self.blobs, "temps": self.temps},
+            "restored": self.restored, "skipped": self.skipped}
+
+
+def _unlink_counting(path: str, result: PruneResult) -> None:
+    try:
+        st = os.lstat(path)
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    if st.st_nlink == 1:
+        result.freed_bytes += st.st_size
+
+
+def _empty(tree: Path, result: PruneResult) -> None:
+    """Delete ``tree``, counting the bytes of files whose last link goes."""
+    for root, dirs, files in os.walk(tree, topdown=True):
+        for d in dirs:
+            try:
+                os.chmod(os.path.join(root, d), 0o755)
+            except OSError:
+                pass
+        for name in files:
+            _unlink_counting(os.path.join(root, name), result)
+    remove_quietly(tree)
+
+
+def _drop_model(store: Store, ev: Eviction, taken_at: float, trash: Path, result: PruneResult) -> bool:
+    """Remove an evicted model's ref, then its view links and aliases.
+
+    The ref is first renamed into the trash, then checked: one touched after the scan (a pull
+    that found the model present and marked it in use) is put back and the model is kept.
+    """
+    ref_path = store.refs / f"{key_of(ev.handle)}.json"
+    held = trash / "refs" / ref_path.name
+    try:
+        os.rename(ref_path, held)
+    except FileNotFoundError:
+        return True  # already gone (another prune)
+    try:
+        with open(held, "rb") as fh:
+            changed = os.fstat(fh.fileno()).st_mtime >= taken_at
+            doc = json.loads(fh.read())
+    except (OSError, ValueError):
+        changed, doc = True, {}
+    if changed or doc.get("manifest") != ev.manifest:
+        try:
+            os.link(held, ref_path)  # put it back, unless a newer ref was written meanwhile
+        except FileExistsError:
+            pass
+        result.skipped.append(f"{ev.handle}: used or re-pulled after the scan")
+        return False
+    target = os.path.join("..", "snapshots", ev.manifest)
+    aliases = tuple(doc.get("aliases", ())) + ev.aliases
+    for alias in dict.fromkeys(aliases):
+        link = store.view / hub_key(alias)
+        try:
+            if os.readlink(link) == target:
+                os.unlink(link)
+                _unlink_counting(str(store.view / f"{hub_key(alias)}.descriptor.txt"), result)
+        except OSError:
+            pass
+        entry = store.aliases / key_of(alias)
+        try:
+            if entry.read_text() == ev.handle:
+                _unlink_counting(str(entry), result)
+        except OSError:
+            pass
+    return True
+
+
+def _drop_dangling_links(store: Store, gone: set[str]) -> None:
+    """Remove view links to snapshots this prune deleted (a racing relink may have re-made some)."""
+    if not gone:
+        return
+    try:
+        entries = list(os.scandir(store.view))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            continue
+        if os.path.basename(target) in gone and not os.path.exists(entry.path):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+
+
+def _drop_uses(store: Store, aliases: set[str]) -> None:
+    names = {hub_key(a) for a in aliases}
+    try:
+        entries = list(os.scandir(uses_dir(store.home)))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.split(".", 1)[0] in names:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+
+
+def _trash(src: Path, dest: Path, taken_at: float, blob: bool = False) -> bool:
+    """Rename ``src`` into the trash unless it changed after the scan (or, for a blob, has
+    another hard link: a kept snapshot or an in-flight pull's staging tree)."""
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError:
+        return False
+    if st.st_mtime >= taken_at or (blob and st.st_nlink > 1):
+        return False
+    try:
+        os.rename(src, dest)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _ctime(store: Store, sha: str) -> float:
+    try:
+        return os.lstat(store.blob_path(sha)).st_ctime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def _restore_needed(store: Store, trash: Path, plan: PrunePlan, result: PruneResult) -> None:
+    """Put back what refs written since the scan need (a pull that raced with this prune)."""
+    models, _bad = scan_models(store, uses={})
+    needed = {m.manifest for m in models} | {p.digest for p in read_pins(store) if p.digest}
+    revived = needed - plan.kept_manifests
+    for digest in sorted(revived):
+        held = trash / "manifests" / f"{digest}.json"
+        if held.exists() and not store.manifest_path(digest).exists():
+            os.rename(held, store.manifest_path(digest))
+            result.restored += 1
+            result.manifests -= 1
+        try:
+            manifest = store.read_manifest(digest)
+        except Exception:  # noqa: BLE001 - a missing manifest is verify's business
+            continue
+        for sha in manifest.blob_digests():
+            held = trash / "blobs" / sha
+            if held.exists() and not store.has_blob(sha):
+                store.blob_path(sha).parent.mkdir(exist_ok=True)
+                os.rename(held, store.blob_path(sha))
+                result.restored += 1
+                result.blobs -= 1
+        if not store.snapshot_path(digest).is_dir() and all(store.has_blob(s) for s in manifest.blob_digests()):
+            store.materialize(manifest)
+
+
+def execute_prune(store: Store, plan: PrunePlan) -> PruneResult:
+    """Carry out ``plan`` on ``store``; returns what was removed and the bytes freed."""
+    result = PruneResult()
+    taken_at = plan.taken_at
+    if plan.is_empty():
+        return result
+    trash = store.new_temp("prune")
+    try:
+        (trash / "refs").mkdir()
+        dropped: set[str] = set()
+        for ev in plan.evict:
+            if _drop_model(store, ev, taken_at, trash, result):
+                result.evicted.append(ev.handle)
+                dropped.update(ev.aliases)
+        _drop_uses(store, dropped)
+        # What refs (and pins) hold right now: a concurrent pull may have revived content.
+        models, _bad = scan_models(store, uses={})
+        live = {m.manifest for m in models} | {p.digest for p in read_pins(store) if p.digest}
+        revived_blobs: set[str] = set()
+        for digest in live - plan.kept_manifests:
+            try:
+                revived_blobs |= store.read_manifest(digest).blob_digests()
+            except Exception:  # noqa: BLE001 - missing or corrupt: nothing to keep alive
+                continue
+        for sub in ("snapshots", "manifests", "blobs"):
+            (trash / sub).mkdir()
+        # A blob linked or unlinked after the scan (ctime) is in flight. Looked at before our own
+        # snapshot deletions below change the blobs' ctimes.
+        blobs = [sha for sha in plan.blobs if sha not in revived_blobs and _ctime(store, sha) < taken_at]
+        gone: set[str] = set()
+        for digest in plan.snapshots:
+            if digest not in live and _trash(store.snapshot_path(digest), trash / "snapshots" / digest, taken_at):
+                result.snapshots += 1
+                gone.add(digest)
+        _empty(trash / "snapshots", result)  # snapshots are rebuilt from blobs if a racer needs one
+        for digest in plan.manifests:
+            if digest not in live and _trash(store.manifest_path(digest), trash / "manifests" / f"{digest}.json",
+                                             taken_at):
+                result.manifests += 1
+        for sha in blobs:
+            if _trash(store.blob_path(sha), trash / "blobs" / sha, taken_at, blob=True):
+                result.blobs += 1
+        _restore_needed(store, trash, plan, result)
+        _drop_dangling_links(store, gone)
+        for name in plan.temps:
+            path = store.tmp / name
+            try:
+                if os.lstat(path).st_mtime < taken_at:
+                    _empty(path, result)
+                    result.temps += 1
+            except FileNotFoundError:
+                continue
+    finally:
+        _empty(trash, result)
+    return result
+
+
+def policy_from_settings(settings: Settings) -> PrunePolicy | None:
+    """The daemon's watermarks (``prune_*`` settings), or None when none is configured."""
+    if all(v is None for v in (settings.prune_max_size, settings.prune_min_free, settings.prune_unused_for,
+                               settings.prune_keep_versions)):
+        return None
+    return PrunePolicy(settings.prune_max_size, settings.prune_unused_for, settings.prune_keep_versions,
+                       settings.prune_min_free, settings.prune_grace, settings.temp_grace)
+
+
+def auto_prune(settings: Settings, store: Store, now: float | None = None) -> PruneResult | None:
+    """Prune by the configured watermarks (for the daemon). None if no watermark is set."""
+    policy = policy_from_settings(settings)
+    if policy is None:
+        return None
+    plan = plan_prune(scan(store), policy, time.time() if now is None else now)
+    if plan.is_empty():
+        return PruneResult()
+    return execute_prune(store, plan)

@@ -1,0 +1,165 @@
+"""``verify --repair``: put damaged models back in service.
+
+Cheapest first: a missing blob whose snapshot still holds good bytes is re-adopted from it;
+a damaged snapshot whose manifest and blobs are intact is rebuilt from the blobs; anything
+else (a corrupt blob, a lost manifest) is re-fetched through the Puller (origin, mirrors or
+an upstream daemon), or with ``--from-bundle FILE`` imported from that bundle. The view is
+restored afterwards; dangling view links are removed; writable snapshot files are made
+read-only again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from cachemgr.bundle.importer import import_bundle
+from cachemgr.errors import CachemgrError
+from cachemgr.ingest.publish import relink
+from cachemgr.lifecycle.hashing import sha256_file
+from cachemgr.lifecycle.verify import OUT_OF_SERVICE, VerifyReport
+from cachemgr.settings import Settings
+from cachemgr.store.objects import Store
+from cachemgr.store.quarantine import quarantine
+from cachemgr.store.refs import Ref, RefIndex
+
+_LOCAL = {"view_missing", "view_wrong", "snapshot_mode", "blob_missing"}
+# Bytes that match their hashes yet do not make a model: fetching them again cannot help.
+UNREPAIRABLE = {"load_failed", "structure"}
+
+
+def _readopt(store: Store, ref: Ref, sha: str) -> bool:
+    """Link a missing blob back from the model's snapshot if the bytes there are right."""
+    try:
+        manifest = store.read_manifest(ref.manifest)
+    except CachemgrError:
+        return False
+    for f in manifest.files:
+        if f.sha256 != sha:
+            continue
+        path = store.snapshot_path(ref.manifest) / f.path
+        try:
+            if sha256_file(str(path))[0] == sha:
+                store.blob_path(sha).parent.mkdir(exist_ok=True)
+                os.link(path, store.blob_path(sha))
+                return True
+        except FileExistsError:
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _complete(store: Store, ref: Ref) -> bool:
+    try:
+        manifest = store.read_manifest(ref.manifest)
+    except CachemgrError:
+        return False
+    return all(store.has_blob(s) for s in manifest.blob_digests())
+
+
+def _rebuild(store: Store, ref: Ref) -> None:
+    """Rebuild the snapshot of ``ref`` from its blobs and relink its view."""
+    if store.snapshot_path(ref.manifest).exists():
+        quarantine(store, store.snapshot_path(ref.manifest), "snapshot", ref.manifest, "replaced by a rebuild")
+    relink(store, ref)
+
+
+def _refetch(settings: Settings, store: Store, handles: list[str]) -> dict[str, str]:
+    """Pull ``handles`` again; returns handle -> error message for the ones that failed."""
+    if not handles:
+        return {}
+    from cachemgr.fetch.pull import Puller
+
+    puller = Puller(settings, store)
+    try:
+        results = asyncio.run(puller.pull_many(handles, refresh=True))
+    finally:
+        puller.close()
+    return {r.asked: str(r.error) for r in results if r.error is not None}
+
+
+def _from_bundle(settings: Settings, store: Store, bundle: Path, handles: list[str]) -> dict[str, str]:
+    """Import ``bundle`` (it verifies every blob it brings); handles it did not restore fail."""
+    try:
+        import_bundle(store, [bundle], tuple(settings.trusted_keys))
+    except CachemgrError as err:
+        return {h: f"importing {bundle} failed: {err}" for h in handles}
+    index = RefIndex(store)
+    out: dict[str, str] = {}
+    for h in handles:
+        ref = index.read(h)
+        if ref is None or not _complete(store, ref):
+            out[h] = f"{bundle} does not contain it"
+    return out
+
+
+def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Ref],
+           bundle: Path | None = None) -> None:
+    """Repair what ``report`` found, marking each problem repaired (or adding a repair error)."""
+    by_handle = {r.handle: r for r in refs}
+    broken: dict[str, set[str]] = {}
+    for p in report.problems:
+        for h in p.models:
+            broken.setdefault(h, set()).add(p.kind)
+    fixed: set[str] = set()
+    errors: dict[str, str] = {}
+
+    for p in report.problems:
+        if p.kind == "view_dangling":
+            try:
+                (store.view / p.subject).unlink()
+                (store.view / f"{p.subject}.descriptor.txt").unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+            p.repaired, p.action = True, "removed"
+        elif p.kind == "blob_missing":
+            for h in p.models:
+                if h in by_handle and _readopt(store, by_handle[h], p.subject):
+                    p.action = "re-adopted from the snapshot"
+
+    fetch = [h for h, kinds in broken.items() if h in by_handle and kinds - UNREPAIRABLE
+             and not _complete(store, by_handle[h])]
+    errors.update(_from_bundle(settings, store, bundle, fetch) if bundle else _refetch(settings, store, fetch))
+    index = RefIndex(store)
+    for h in fetch:
+        if h not in errors:
+            fixed.add(h)
+    for h, kinds in broken.items():
+        if h in fixed or h in errors or h not in by_handle or kinds & UNREPAIRABLE:
+            continue
+        ref = index.read(h) or by_handle[h]
+        try:
+            if kinds & OUT_OF_SERVICE or not store.snapshot_path(ref.manifest).is_dir():
+                _rebuild(store, ref)
+            if "snapshot_mode" in kinds:
+                manifest = store.read_manifest(ref.manifest)
+                for f in manifest.files:
+                    os.chmod(store.snapshot_path(ref.manifest) / f.path, 0o444)
+            if kinds & _LOCAL or kinds & OUT_OF_SERVICE:
+                relink(store, ref)
+            fixed.add(h)
+        except (CachemgrError, OSError) as exc:
+            errors[h] = f"{h}: cannot rebuild locally ({exc}); re-pull it"
+
+    for p in report.problems:
+        if p.kind == "view_dangling" or p.kind in UNREPAIRABLE:
+            continue
+        if p.kind == "blob_corrupt" and not p.models:
+            p.repaired, p.action = True, "quarantined (no model uses it)"
+            continue
+        if p.models and all(h in fixed for h in p.models) and not any(
+                broken[h] & UNREPAIRABLE for h in p.models):
+            p.repaired = True
+            fetched = "imported from the bundle" if bundle else "re-fetched"
+            p.action = p.action or (fetched if any(h in fetch for h in p.models) else "rebuilt locally")
+    report.repair_errors.extend(_repair_message(h, e, settings) for h, e in sorted(errors.items()))
+
+
+def _repair_message(handle: str, error: str, settings: Settings) -> str:
+    if settings.offline:
+        return (f"{handle}: cannot re-fetch while offline; go online and run `cachemgr verify --repair`, "
+                "or import a bundle that contains it")
+    return f"{handle}: re-fetch failed: {error}"
+

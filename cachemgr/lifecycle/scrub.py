@@ -1,0 +1,29 @@
+"""A whole verify run: check the store (verify.py), then, when asked, repair what it found (repair.py).
+
+``run_verify`` is ``cachemgr verify [--repair]``; ``scrub`` is one slice of the daemon's
+background scrub: rate-limited, resumable and time-boxed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cachemgr.lifecycle.repair import repair
+from cachemgr.lifecycle.verify import VerifyOptions, VerifyReport, check_store
+from cachemgr.settings import Settings
+from cachemgr.store.objects import Store
+
+
+def run_verify(settings: Settings, store: Store, options: VerifyOptions) -> VerifyReport:
+    """Verify (and with ``options.repair`` repair) the store or the models named in options."""
+    v = check_store(settings, store, options)
+    if options.repair and v.report.problems:
+        repair(settings, store, v.report, v.refs, options.bundle)
+    v.report.seconds = time.monotonic() - v.start
+    return v.report
+
+
+def scrub(settings: Settings, store: Store, repair: bool = False) -> VerifyReport:
+    """One slice of the daemon's background scrub: rate-limited, resumable, time-boxed."""
+    options = VerifyOptions(repair=repair, max_duration=settings.scrub_max_duration, rate=settings.scrub_rate)
+    return run_verify(settings, store, options)

@@ -1,0 +1,15 @@
+"""The store: what is on disk under HOME, and the primitives that change it crash-safely.
+
+It imports nothing above it (import-linter enforces this): every other stage reads and
+writes the store through these modules.
+
+objects.py     the content-addressed objects: blobs, manifests, snapshots; the store's layout
+manifest.py    the manifest of one model version, and the one check every manifest passes
+savedmodel.py  the SavedModel structure check, from a file list alone
+refs.py        refs (handle -> manifest + provenance) and the alias index
+view.py        ``view/<sha1(alias)>`` links: what ``TFHUB_CACHE_DIR`` points at
+pins.py        pin records (GC roots) under ``pins/``
+usage.py       last-use records under ``uses/``
+quarantine.py  corrupt content moved aside under ``quarantine/``
+fs.py          unique temps, atomic publish, stale-temp cleanup, disk errors
+"""

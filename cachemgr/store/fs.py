@@ -1,0 +1,131 @@
+"""Crash-safe file-system primitives: unique temp names, atomic publish, stale-temp cleanup.
+
+Only operations that stay atomic on NFS and Lustre are used: create in a private temp
+location, then ``rename``/``link`` into place. No flock, no SQLite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+from cachemgr.errors import StoreError
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
+def unique_name(kind: str) -> str:
+    """``kind.host.pid.uuid``: unique across hosts; tells a later run who owned it."""
+    return f"{kind}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:16]}"
+
+
+def owner_of(name: str) -> tuple[str, int] | None:
+    """(host, pid) encoded by ``unique_name``, or None if ``name`` is not one."""
+    parts = name.split(".")
+    if len(parts) < 4 or not parts[-2].isdigit():
+        return None
+    return parts[-3], int(parts[-2])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def disk_error(exc: OSError, what: Path | str) -> StoreError:
+    """A one-line StoreError for an OS error while writing ``what``."""
+    if exc.errno == errno.ENOSPC:
+        return StoreError(
+            f"no space left on device while writing {what}; free space "
+            "(e.g. cachemgr prune) or move CACHEMGR_HOME to a larger disk"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"cannot write {what}: {exc.strerror}; check permissions of CACHEMGR_HOME")
+    return StoreError(f"cannot write {what}: {exc.strerror or exc}")
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o644) -> None:
+    """Write ``data`` to a unique temp file in ``tmp_dir``, fsync, and rename over ``path``."""
+    tmp = tmp_dir / unique_name("w")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise disk_error(exc, path) from None
+
+
+def atomic_symlink(target: str, path: Path, tmp_dir: Path) -> None:
+    """Point ``path`` at ``target`` atomically (replacing an older link)."""
+    tmp = tmp_dir / unique_name("l")
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise disk_error(exc, path) from None
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst``; copy when the file systems differ or links are refused."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o444)
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file, link or tree; missing is fine. Read-only trees are made writable first."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+            return
+    except FileNotFoundError:
+        return
+    for root, dirs, _files in os.walk(path):
+        for d in dirs:
+            try:
+                os.chmod(os.path.join(root, d), 0o755)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_stale_temps(tmp_dir: Path, grace: float, now: float | None = None) -> list[Path]:
+    """Remove temps whose owner is a dead process on this host, or older than ``grace``."""
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        owner = owner_of(entry.name)
+        dead = owner is not None and owner[0] == _HOST and not pid_alive(owner[1])
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > grace
+        except FileNotFoundError:
+            continue
+        if dead or old:
+            remove_quietly(Path(entry.path))
+            removed.append(Path(entry.path))
+    return removed

@@ -1,0 +1,217 @@
+"""The content-addressed store on disk: blobs, manifests, snapshots (refs: refs.py).
+
+Layout under HOME::
+
+    store-format                  format version of this tree
+    blobs/sha256/ab/<sha256>      file contents, read-only, named by their sha256
+    manifests/sha256/<digest>.json
+    snapshots/<digest>/           a model version's tree, hard links into blobs/
+    refs/<key>.json               handle -> manifest + provenance (refs.py)
+    aliases/<key>                 any alias string -> its ref's handle (refs.py)
+    view/<sha1(alias)>            what TFHUB_CACHE_DIR points at (view.py)
+    tmp/                          private temps: kind.host.pid.uuid
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from cachemgr.errors import StoreError, UnsafeManifestError
+from cachemgr.store.fs import atomic_write, disk_error, link_or_copy, remove_quietly, unique_name
+from cachemgr.store.manifest import Manifest, check_manifest
+
+STORE_FORMAT = 1
+_SUBDIRS = ("blobs/sha256", "manifests/sha256", "snapshots", "refs", "aliases", "view", "tmp")
+
+
+class Store:
+    """Paths and primitive operations of one store. Cheap to construct."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.blobs = home / "blobs" / "sha256"
+        self.manifests = home / "manifests" / "sha256"
+        self.snapshots = home / "snapshots"
+        self.refs = home / "refs"
+        self.aliases = home / "aliases"
+        self.view = home / "view"
+        self.tmp = home / "tmp"
+
+    # -- opening -----------------------------------------------------------------------
+    def format_file(self) -> Path:
+        return self.home / "store-format"
+
+    def exists(self) -> bool:
+        return self.format_file().is_file()
+
+    def check_format(self) -> None:
+        try:
+            doc = json.loads(self.format_file().read_text())
+            version = int(doc["format"])
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.home} is not a cachemgr store; pull or import something first"
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{self.format_file()} is corrupt; restore it or run cachemgr verify") from None
+        if version > STORE_FORMAT:
+            raise StoreError(
+                f"store {self.home} has format {version}, newer than this cachemgr "
+                f"understands ({STORE_FORMAT}); upgrade cachemgr"
+            )
+
+    def create(self) -> None:
+        """Make the layout (idempotent, safe to race with other hosts)."""
+        try:
+            for sub in _SUBDIRS:
+                (self.home / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.home) from None
+        os.chmod(self.view, 0o1777 if os.getuid() == 0 else 0o755)
+        if not self.format_file().exists():
+            body = json.dumps({"format": STORE_FORMAT, "kind": "cachemgr-store"}) + "\n"
+            atomic_write(self.format_file(), body.encode(), self.tmp)
+        self.check_format()
+
+    def new_temp(self, kind: str) -> Path:
+        path = self.tmp / unique_name(kind)
+        path.mkdir()
+        return path
+
+    # -- blobs -------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / digest[:2] / digest
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def adopt_blob(self, staged: Path, digest: str) -> bool:
+        """Make the staged, already-hashed file ``staged`` the blob ``digest``, deduplicating.
+
+        Afterwards ``staged`` is a hard link to the blob (shared storage). Safe against a
+        concurrent prune removing the blob: then ``staged`` itself becomes the blob. Returns
+        whether this call created the blob (of concurrent adopters of one digest, one does).
+        """
+        blob = self.blob_path(digest)
+        if blob.exists() and self._link_existing(blob, staged):
+            return False
+        blob.parent.mkdir(exist_ok=True)
+        try:
+            os.link(staged, blob)
+        except FileExistsError:
+            if self._link_existing(blob, staged):
+                return False
+            os.link(staged, blob)
+        except OSError:
+            # blobs/ on another file system, or no hard links: copy beside the blob, rename in.
+            tmp = blob.parent / f".{unique_name('b')}"
+            try:
+                link_or_copy(staged, tmp)
+                os.replace(tmp, blob)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+        return True
+
+    def _link_existing(self, blob: Path, staged: Path) -> bool:
+        """Replace ``staged`` by a link to the existing ``blob``; False if the blob vanished."""
+        tmp = staged.with_name(unique_name(".adopt"))
+        try:
+            link_or_copy(blob, tmp)
+        except FileNotFoundError:
+            return False
+        os.replace(tmp, staged)
+        return True
+
+    def iter_blobs(self) -> Iterator[str]:
+        for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:
+            yield from sorted(os.listdir(sub))
+
+    # -- manifests ---------------------------------------------------------------------
+    def manifest_path(self, digest: str) -> Path:
+        return self.manifests / f"{digest}.json"
+
+    def write_manifest(self, manifest: Manifest) -> str:
+        digest = manifest.digest
+        path = self.manifest_path(digest)
+        try:
+            os.utime(path)  # mark it as just written, so that a concurrent prune keeps it
+        except FileNotFoundError:
+            atomic_write(path, manifest.to_bytes(), self.tmp, mode=0o444)
+        except OSError:
+            pass  # another user's file: it exists, which is what matters
+        return digest
+
+    def read_manifest(self, digest: str) -> Manifest:
+        path = self.manifest_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"manifest {digest} is missing from {self.manifests}; "
+                             "run cachemgr verify --repair") from None
+        return Manifest.from_bytes(data, str(path))
+
+    # -- snapshots ---------------------------------------------------------------------
+    def snapshot_path(self, digest: str) -> Path:
+        return self.snapshots / digest
+
+    def publish_snapshot(self, tree: Path, digest: str) -> Path:
+        """Rename the finished ``tree`` to ``snapshots/<digest>``; an existing one wins."""
+        dest = self.snapshot_path(digest)
+        for _attempt in range(3):
+            if dest.is_dir():
+                try:
+                    os.utime(dest)  # in use again: a concurrent prune skips what changed after its scan
+                except FileNotFoundError:
+                    continue  # pruned this very moment: publish ours instead
+                except OSError:
+                    pass  # another user's snapshot
+                remove_quietly(tree)
+                return dest
+            try:
+                os.rename(tree, dest)
+                return dest
+            except OSError:
+                if not dest.is_dir():
+                    raise
+        remove_quietly(tree)
+        return dest
+
+    def materialize(self, manifest: Manifest) -> Path:
+        """Build ``snapshots/<digest>`` from blobs (used by upstream fetches, import and repair).
+
+        Whatever the caller checked, the manifest is checked again here, every path must
+        resolve inside the staging tree, and every blob must have the size the manifest
+        says: a hostile manifest cannot place a file outside the snapshot.
+        """
+        digest = manifest.digest
+        if self.snapshot_path(digest).is_dir():
+            return self.snapshot_path(digest)
+        check_manifest(manifest, f"manifest {digest}")
+        staging = self.new_temp("snap")
+        try:
+            tree = staging / "tree"
+            tree.mkdir()
+            for d in sorted(manifest.dirs):  # parents first; the tree is ours, so no link can be in it
+                _inside(tree, d).mkdir()
+            for f in manifest.files:
+                blob = self.blob_path(f.sha256)
+                size = blob.stat().st_size
+                if size != f.size:
+                    raise UnsafeManifestError(f"manifest {digest}: {f.path!r} is {f.size} bytes by the manifest, "
+                                              f"but blob {f.sha256} is {size}; refused")
+                link_or_copy(blob, _inside(tree, f.path))
+            return self.publish_snapshot(tree, digest)
+        finally:
+            remove_quietly(staging)
+
+
+def _inside(tree: Path, rel: str) -> Path:
+    """``tree / rel``, refusing anything that would resolve outside ``tree``."""
+    target = Path(os.path.normpath(os.path.join(tree, rel)))
+    if target == tree or tree not in target.parents:
+        raise UnsafeManifestError(f"path {rel!r} resolves outside the snapshot; refused")
+    return target

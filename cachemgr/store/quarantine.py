@@ -1,0 +1,67 @@
+"""Quarantine: corrupt store content is moved aside at once and never served again.
+
+``quarantine/<kind>.<name>.<host>.<pid>.<uuid>`` holds the moved item (a blob, a manifest or a
+whole snapshot tree) with a ``.json`` note saying why and when. A model whose content is
+quarantined loses its view links (so tensorflow_hub misses instead of loading bad bytes) and
+its snapshot (so ``cachemgr path`` and the daemon have nothing to hand out) until a repair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from cachemgr.store.fs import atomic_write, disk_error, unique_name
+from cachemgr.store.objects import Store
+from cachemgr.store.view import hub_key
+
+
+def quarantine_dir(store: Store) -> Path:
+    return store.home / "quarantine"
+
+
+def quarantine(store: Store, path: Path, kind: str, name: str, reason: str) -> Path | None:
+    """Move ``path`` into quarantine (atomic rename); None if it is already gone."""
+    qdir = quarantine_dir(store)
+    try:
+        qdir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise disk_error(exc, qdir) from None
+    dest = qdir / unique_name(f"{kind}-{name[:64]}")
+    try:
+        os.rename(path, dest)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise disk_error(exc, dest) from None
+    note = {"kind": kind, "name": name, "reason": reason, "when": time.time(), "from": str(path)}
+    atomic_write(dest.with_name(dest.name + ".json"), json.dumps(note, indent=1).encode() + b"\n", store.tmp)
+    return dest
+
+
+def take_out_of_service(store: Store, digest: str, aliases: tuple[str, ...], reason: str) -> None:
+    """Remove the view links of ``aliases`` that point at ``digest`` and quarantine its snapshot."""
+    target = os.path.join("..", "snapshots", digest)
+    for alias in aliases:
+        link = store.view / hub_key(alias)
+        try:
+            if os.readlink(link) == target:
+                os.unlink(link)
+        except OSError:
+            continue
+    quarantine(store, store.snapshot_path(digest), "snapshot", digest, reason)
+
+
+def list_quarantine(store: Store) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    qdir = quarantine_dir(store)
+    for note in sorted(qdir.glob("*.json")) if qdir.is_dir() else []:
+        try:
+            doc = json.loads(note.read_bytes())
+        except (OSError, ValueError):
+            continue
+        doc["path"] = str(note.with_suffix(""))
+        out.append(doc)
+    return out

@@ -1,1 +1,0 @@
-"""cachemgrd: the cachemgr daemon (aiohttp service). Depends on the library, never the reverse."""

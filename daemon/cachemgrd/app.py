@@ -1,0 +1,290 @@
+"""The aiohttp application: versioned JSON API, metrics, and mirror serving."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from cachemgr import __version__
+from cachemgr.errors import CachemgrError, FetchError, HandleError, NotCachedError
+from cachemgr.handles import parse_handle
+from cachemgr.settings import Settings
+from cachemgr.store.objects import Store
+from cachemgr.store.refs import Ref, RefIndex
+from cachemgrd.forward import VIA_HEADER, client_is_tcp
+from cachemgrd.hitpath import Resolved
+from cachemgrd.httperrors import error_response, plain_error
+from cachemgrd.metrics import render
+from cachemgrd.mirror_tar import gzip_chunks, tar_chunks, tar_size
+from cachemgrd.state import DaemonState
+
+log = logging.getLogger("cachemgrd")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Serving(Protocol):
+    """What the handlers that both the primary and its workers run need of their state."""
+
+    settings: Settings
+    store: Store
+    index: RefIndex
+
+    async def resolve(self, text: str) -> Resolved: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class WorkerTotals(Protocol):
+    """The primary's view of its workers (``daemon.workers.WorkerPool``)."""
+
+    def totals(self) -> dict[str, int]: ...
+
+    def pids(self) -> list[int]: ...
+
+
+STATE = web.AppKey("state", Serving)
+PRIMARY = web.AppKey("primary", DaemonState)  # only in the primary's app
+WORKERS = web.AppKey("workers", WorkerTotals)  # only in the primary's app, when it has workers
+INTERNAL_SOCKET = web.AppKey("internal_socket", str)  # the private socket workers forward to
+
+
+def _is_tcp(request: web.Request) -> bool:
+    """Whether the client is on TCP: its own connection, or (forwarded) the worker's word for it."""
+    if client_is_tcp(request):
+        return True
+    internal = request.app.get(INTERNAL_SOCKET)
+    if internal is None or request.transport is None:
+        return False
+    return bool(request.transport.get_extra_info("sockname") == internal
+                and request.headers.get(VIA_HEADER) == "tcp")
+
+
+def _check_token(request: web.Request) -> web.Response | None:
+    """Mutating endpoints over TCP need the bearer token; the Unix socket is gated by its mode."""
+    if not _is_tcp(request):
+        return None
+    token = request.app[STATE].settings.token
+    if token is None:
+        return plain_error(403, "token_required", "this endpoint needs a token over TCP; "
+                           "set CACHEMGR_TOKEN (or token in the config) on the daemon")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return plain_error(401, "bad_token", "missing or wrong token; send 'Authorization: Bearer <token>'")
+    return None
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        doc = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        message = f"request body is not valid JSON ({exc})"
+        raise web.HTTPBadRequest(text=json.dumps({"error": {"type": "bad_json", "message": message}}),
+                                 content_type="application/json") from None
+    if not isinstance(doc, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": {"type": "bad_json", "message":
+                                 "request body must be a JSON object"}}), content_type="application/json")
+    return doc
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The primary's: library errors become typed JSON answers (httperrors' one table), counted."""
+    state = request.app[PRIMARY]
+    state.metrics.requests += 1
+    try:
+        return await handler(request)
+    except CachemgrError as err:
+        state.metrics.error(err.code)
+        return error_response(err)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
+
+
+def _worker_totals(request: web.Request) -> tuple[dict[str, int], list[int]]:
+    workers = request.app.get(WORKERS)
+    if workers is None:
+        return {"hits": 0, "requests": 0, "forwarded": 0}, []
+    return workers.totals(), workers.pids()
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[PRIMARY]
+    store_bytes, entries = await state.store_totals()
+    m = state.metrics
+    totals, pids = _worker_totals(request)
+    return web.json_response({
+        "version": __version__, "pid": os.getpid(), "workers": pids, "home": str(state.store.home),
+        "uptime": round(time.time() - state.started, 3), "offline": state.settings.offline,
+        "inflight": sorted(state.inflight), "hits": m.hits + totals["hits"], "misses": m.misses,
+        "fetches": m.fetches, "upstream_bytes": m.upstream_bytes, "errors": m.errors, "store_bytes": store_bytes,
+        "store_entries": entries, "upstreams": list(state.settings.upstreams),
+        "worker_requests": totals["requests"], "forwarded": totals["forwarded"],
+    })
+
+
+async def resolve(request: web.Request) -> web.Response:
+    denied = _check_token(request)
+    if denied:
+        return denied
+    doc = await _json_body(request)
+    handle = doc.get("handle")
+    if not isinstance(handle, str):
+        return plain_error(400, "bad_request", "body must be {\"handle\": \"<model handle>\"}")
+    resolved = await request.app[STATE].resolve(handle)
+    return web.Response(body=resolved.body, content_type="application/json")
+
+
+async def pull(request: web.Request) -> web.Response:
+    denied = _check_token(request)
+    if denied:
+        return denied
+    doc = await _json_body(request)
+    handles = doc.get("handles")
+    if not isinstance(handles, list) or not all(isinstance(h, str) for h in handles) or not handles:
+        return plain_error(400, "bad_request", "body must be {\"handles\": [\"<handle>\", ...]}")
+    state = request.app[PRIMARY]
+    results = []
+    for h in handles:
+        try:
+            results.append({"handle": h, "status": "ok", **(await state.resolve(h)).to_json()})
+        except CachemgrError as err:
+            results.append({"handle": h, "status": "failed", "error": {"type": err.code, "message": str(err)}})
+    return web.json_response({"results": results})
+
+
+def _ref_for(state: Serving, handle: str) -> Ref:
+    ref = state.index.lookup(handle)
+    if ref is None:
+        raise NotCachedError(f"{handle} is not in this daemon's store")
+    return ref
+
+
+async def get_ref(request: web.Request) -> web.Response:
+    handle = request.query.get("handle", "")
+    if not handle:
+        return plain_error(400, "bad_request", "give ?handle=<model handle>")
+    return web.json_response(_ref_for(request.app[STATE], handle).to_json())
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    digest = request.match_info["digest"]
+    path = request.app[STATE].store.manifest_path(digest)
+    if not _DIGEST.match(digest) or not path.is_file():
+        return plain_error(404, "not_found", f"no manifest {digest}")
+    return web.FileResponse(path, headers={"Content-Type": "application/json"})
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    digest = request.match_info["digest"]
+    path = request.app[STATE].store.blob_path(digest) if _DIGEST.match(digest) else None
+    if path is None or not path.is_file():
+        return plain_error(404, "not_found", f"no blob {digest}")
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[PRIMARY]
+    store_bytes, entries = await state.store_totals()
+    totals, pids = _worker_totals(request)
+    text = render(state.metrics, len(state.inflight), store_bytes, entries, totals, len(pids) + 1)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def _hosting_candidates(request: web.Request, path: str) -> list[str]:
+    out = [f"https://tfhub.dev/{path}"]
+    if path.startswith("models/"):
+        out.append(f"https://www.kaggle.com/{path}")
+    out += [f"{request.scheme}://{request.host}/{path}"]
+    return out
+
+
+async def hosting(request: web.Request) -> web.StreamResponse:
+    """GET /<publisher>/<model>/<version>?tf-hub-format=compressed: the model as a tar stream."""
+    state = request.app[STATE]
+    path = request.match_info["path"].strip("/")
+    if not path or any(seg in ("..", ".") for seg in path.split("/")):
+        return plain_error(404, "not_found", "no such model")
+    if request.query.get("tf-hub-format") != "compressed":
+        return plain_error(404, "not_found", "this mirror serves models with ?tf-hub-format=compressed")
+    ref = None
+    for candidate in _hosting_candidates(request, path):
+        try:
+            parse_handle(candidate)
+        except HandleError:
+            continue
+        ref = state.index.lookup(candidate)
+        if ref is not None:
+            break
+    if ref is None:
+        if state.settings.offline:
+            return plain_error(404, "not_found", f"/{path} is not in this mirror's store")
+        try:
+            ref = (await state.resolve(f"https://tfhub.dev/{path}")).ref
+        except HandleError:
+            return plain_error(404, "not_found", f"/{path} is not a model this mirror knows")
+        except FetchError as err:
+            if err.status == 404:
+                return plain_error(404, "not_found", f"/{path}: {err}")
+            raise
+    manifest = state.store.read_manifest(ref.manifest)
+    snapshot = state.store.snapshot_path(ref.manifest)
+    chunks = tar_chunks(snapshot, manifest)
+    gz = request.query.get("compression") == "gzip"
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/gzip" if gz else "application/x-tar",
+        "ETag": f'"{ref.manifest}"',
+    })
+    if not gz:
+        resp.content_length = tar_size(manifest)
+    await resp.prepare(request)
+    source = gzip_chunks(chunks) if gz else chunks
+    loop = asyncio.get_running_loop()
+    while (chunk := await loop.run_in_executor(None, next, source, None)) is not None:  # disk reads off the loop
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+def create_app(state: Serving, forward: Handler | None = None, middleware: Middleware | None = None
+               ) -> web.Application:
+    """The primary's app, or (with ``forward``) a worker's: the read-only paths are served here,
+    the primary-only endpoints go to ``forward``, and so does whatever ``middleware`` sends there."""
+    app = web.Application(middlewares=[middleware or errors_middleware], client_max_size=state.settings.max_body)
+    app[STATE] = state
+    if isinstance(state, DaemonState):
+        app[PRIMARY] = state
+
+    async def lifecycle(app: web.Application) -> Any:
+        await state.start()
+        yield
+        await state.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/status", forward or status)
+    app.router.add_post("/v1/resolve", resolve)
+    app.router.add_post("/v1/pull", forward or pull)
+    app.router.add_get("/v1/refs", get_ref)
+    app.router.add_get("/v1/manifests/{digest}", get_manifest)
+    app.router.add_get("/v1/blobs/{digest}", get_blob)
+    app.router.add_get("/metrics", forward or metrics)
+    app.router.add_get("/{path:.+}", hosting)
+    if forward is not None:
+        app.router.add_route("*", "/{path:.*}", forward)  # anything else: the primary's answer, 404/405 included
+    return app

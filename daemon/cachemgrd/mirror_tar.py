@@ -1,0 +1,58 @@
+"""Serving a stored model as the tar stream tensorflow_hub expects (plain or gzip)."""
+
+from __future__ import annotations
+
+import tarfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from cachemgr.store.manifest import Manifest
+
+CHUNK = 1 << 20
+
+
+def tar_chunks(snapshot: Path, manifest: Manifest) -> Iterator[bytes]:
+    """An uncompressed POSIX tar of ``snapshot``, rooted at the SavedModel root."""
+    for d in manifest.dirs:
+        info = tarfile.TarInfo(d)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        yield info.tobuf(tarfile.PAX_FORMAT)
+    for f in manifest.files:
+        info = tarfile.TarInfo(f.path)
+        info.size = f.size
+        info.mode = 0o644
+        yield info.tobuf(tarfile.PAX_FORMAT)
+        with open(snapshot / f.path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                yield chunk
+        if f.size % tarfile.BLOCKSIZE:
+            yield b"\0" * (tarfile.BLOCKSIZE - f.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (tarfile.BLOCKSIZE * 2)
+
+
+def gzip_chunks(chunks: Iterator[bytes], level: int = 1) -> Iterator[bytes]:
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        out = comp.compress(chunk)
+        if out:
+            yield out
+    yield comp.flush()
+
+
+def tar_size(manifest: Manifest) -> int:
+    """Exact length of ``tar_chunks`` (lets the response carry Content-Length)."""
+    total = 0
+    for d in manifest.dirs:
+        info = tarfile.TarInfo(d)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        total += len(info.tobuf(tarfile.PAX_FORMAT))
+    for f in manifest.files:
+        info = tarfile.TarInfo(f.path)
+        info.size = f.size
+        info.mode = 0o644
+        total += len(info.tobuf(tarfile.PAX_FORMAT)) + f.size
+        total += (-f.size) % tarfile.BLOCKSIZE
+    return total + tarfile.BLOCKSIZE * 2
