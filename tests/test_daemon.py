@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE_ENV, REPO, Cli
-from tests.daemon_support import Daemon, free_port, stop_process, wait_for
+from tests.support.daemons import Daemon, free_port, stop_process, wait_for
 from tests.support.origin import FakeOrigin
 
 TFHUB = "https://tfhub.dev/google/mymul/1"

@@ -25,7 +25,7 @@ from cachemgrd.supervisor import SLOTS
 
 from cachemgr.client.daemon_client import call
 from tests.conftest import BASE_ENV, REPO, Cli
-from tests.daemon_support import Daemon, free_port, process_state, stop_process, wait_for
+from tests.support.daemons import Daemon, free_port, process_state, stop_process, wait_for
 from tests.support.origin import FakeOrigin
 from tests.test_daemon import TFHUB, http
 

@@ -16,7 +16,7 @@ import pytest
 
 from cachemgr.client.daemon_client import call
 from tests.conftest import BASE_ENV, REPO, Cli
-from tests.daemon_support import stop_process, wait_for
+from tests.support.daemons import stop_process, wait_for
 
 UNITS = REPO / "systemd"
 
