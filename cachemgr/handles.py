@@ -66,9 +66,6 @@ class Handle:
         with_slash = [a + "/" for a in out if "?" not in a and not a.endswith("/")]
         return tuple(dict.fromkeys(out + with_slash))
 
-    def is_url(self) -> bool:
-        return self.asked.startswith(("http://", "https://"))
-
 
 def _bad(text: str, why: str) -> HandleError:
     return HandleError(

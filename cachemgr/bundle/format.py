@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachemgr.errors import BundleError, BundleFormatError, BundleIntegrityError, CachemgrError, NotABundleError
+from cachemgr.errors import BundleError, BundleFormatError, BundleIntegrityError, NotABundleError
 from cachemgr.store.manifest import Manifest, is_digest
 from cachemgr.store.refs import Ref
 
@@ -89,8 +89,6 @@ class BundleManifest:
                                     f"understands ({FORMAT}); upgrade cachemgr on this side")
         try:
             return _parse(doc, where)
-        except CachemgrError:
-            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"{where}: bundle manifest is malformed ({type(exc).__name__}: {exc}); "
                               "export it again") from None

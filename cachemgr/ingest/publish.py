@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from cachemgr.errors import StoreError
 from cachemgr.handles import Handle, learned_handle
 from cachemgr.ingest.unpack import IngestResult
 from cachemgr.store.objects import Store
-from cachemgr.store.refs import Ref, RefIndex, merged_aliases
+from cachemgr.store.refs import Ref, RefIndex, merged_aliases, with_aliases
 from cachemgr.store.view import link_aliases
 
 
@@ -63,7 +62,7 @@ def relink(store: Store, ref: Ref, extra: Handle | None = None) -> Ref:
             raise StoreError(f"{ref.handle}: a blob is missing, the snapshot cannot be rebuilt; "
                              "run `cachemgr verify --repair`") from None
     if extra is not None and any(a not in ref.aliases for a in extra.aliases()):
-        ref = replace(ref, aliases=tuple(dict.fromkeys(ref.aliases + extra.aliases())))
+        ref = with_aliases(ref, extra.aliases())
         RefIndex(store).write(ref)
     link_aliases(store, ref.aliases, ref.manifest)
     return ref

@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 from cachemgr.errors import (
     ArchiveLimitError,
-    CachemgrError,
     CorruptArchiveError,
     StoreError,
     UnsafeArchiveError,
@@ -227,7 +226,5 @@ def ingest_directory(store: Store, root: Path, name: str, limits: Limits) -> Ing
                 else:
                     raise UnsafeArchiveError(f"{name}: {rel!r} is not a regular file; refused")
         return builder.publish(None)
-    except CachemgrError:
-        raise
     finally:
         builder.cleanup()

@@ -5,9 +5,11 @@ prune_plan.py   pure planning: a policy and a scan give a frozen prune plan
 prune_exec.py   carrying out a plan, safe against concurrent pulls and readers
 pins.py         pin, unpin, pin states and the upstream check
 du.py           per-model disk use, from a scan
-verify.py       checking every byte; findings, without repairing
+problems.py     what verify finds: typed problem kinds, the report, the outcome (pure data)
+verify.py       checking every byte: a report, without changing the store
+contain.py      carrying out a report's quarantine and out-of-service orders
 repair.py       putting damaged models back in service (re-fetch, rebuild, or a bundle)
-scrub.py        a verify run (verify, then repair), and the daemon's time-boxed scrub
+scrub.py        a verify run (verify, contain, then repair), and the daemon's time-boxed scrub
 scrub_state.py  the resumable scrub's progress
 hashing.py      fast sha256 of many files
 deep_load.py    ``verify --deep``: tf.saved_model.load in a child process

@@ -27,7 +27,6 @@ from cachemgr.store.fs import remove_quietly
 from cachemgr.store.objects import Store
 from cachemgr.store.pins import read_pins
 from cachemgr.store.refs import key_of
-from cachemgr.store.usage import uses_dir
 from cachemgr.store.view import hub_key
 
 
@@ -96,10 +95,10 @@ def _drop_model(store: Store, ev: Eviction, taken_at: float, trash: Path, result
             pass
         result.skipped.append(f"{ev.handle}: used or re-pulled after the scan")
         return False
-    target = os.path.join("..", "snapshots", ev.manifest)
+    target = store.view_target(ev.manifest)
     aliases = tuple(doc.get("aliases", ())) + ev.aliases
     for alias in dict.fromkeys(aliases):
-        link = store.view / hub_key(alias)
+        link = store.view_entry(alias)
         try:
             if os.readlink(link) == target:
                 os.unlink(link)
@@ -138,7 +137,7 @@ def _drop_dangling_links(store: Store, gone: set[str]) -> None:
 def _drop_uses(store: Store, aliases: set[str]) -> None:
     names = {hub_key(a) for a in aliases}
     try:
-        entries = list(os.scandir(uses_dir(store.home)))
+        entries = list(os.scandir(store.uses))
     except FileNotFoundError:
         return
     for entry in entries:

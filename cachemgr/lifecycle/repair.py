@@ -18,15 +18,11 @@ from cachemgr.bundle.importer import import_bundle
 from cachemgr.errors import CachemgrError
 from cachemgr.ingest.publish import relink
 from cachemgr.lifecycle.hashing import sha256_file
-from cachemgr.lifecycle.verify import OUT_OF_SERVICE, VerifyReport
+from cachemgr.lifecycle.problems import ProblemKind, VerifyReport
 from cachemgr.settings import Settings
 from cachemgr.store.objects import Store
 from cachemgr.store.quarantine import quarantine
 from cachemgr.store.refs import Ref, RefIndex
-
-_LOCAL = {"view_missing", "view_wrong", "snapshot_mode", "blob_missing"}
-# Bytes that match their hashes yet do not make a model: fetching them again cannot help.
-UNREPAIRABLE = {"load_failed", "structure"}
 
 
 def _readopt(store: Store, ref: Ref, sha: str) -> bool:
@@ -99,7 +95,7 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
            bundle: Path | None = None) -> None:
     """Repair what ``report`` found, marking each problem repaired (or adding a repair error)."""
     by_handle = {r.handle: r for r in refs}
-    broken: dict[str, set[str]] = {}
+    broken: dict[str, set[ProblemKind]] = {}
     for p in report.problems:
         for h in p.models:
             broken.setdefault(h, set()).add(p.kind)
@@ -107,19 +103,19 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
     errors: dict[str, str] = {}
 
     for p in report.problems:
-        if p.kind == "view_dangling":
+        if p.kind is ProblemKind.VIEW_DANGLING:
             try:
                 (store.view / p.subject).unlink()
                 (store.view / f"{p.subject}.descriptor.txt").unlink(missing_ok=True)
             except FileNotFoundError:
                 pass
             p.repaired, p.action = True, "removed"
-        elif p.kind == "blob_missing":
+        elif p.kind is ProblemKind.BLOB_MISSING:
             for h in p.models:
                 if h in by_handle and _readopt(store, by_handle[h], p.subject):
                     p.action = "re-adopted from the snapshot"
 
-    fetch = [h for h, kinds in broken.items() if h in by_handle and kinds - UNREPAIRABLE
+    fetch = [h for h, kinds in broken.items() if h in by_handle and any(k.repairable for k in kinds)
              and not _complete(store, by_handle[h])]
     errors.update(_from_bundle(settings, store, bundle, fetch) if bundle else _refetch(settings, store, fetch))
     index = RefIndex(store)
@@ -127,30 +123,30 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
         if h not in errors:
             fixed.add(h)
     for h, kinds in broken.items():
-        if h in fixed or h in errors or h not in by_handle or kinds & UNREPAIRABLE:
+        if h in fixed or h in errors or h not in by_handle or not all(k.repairable for k in kinds):
             continue
         ref = index.read(h) or by_handle[h]
         try:
-            if kinds & OUT_OF_SERVICE or not store.snapshot_path(ref.manifest).is_dir():
+            if any(k.out_of_service for k in kinds) or not store.snapshot_path(ref.manifest).is_dir():
                 _rebuild(store, ref)
-            if "snapshot_mode" in kinds:
+            if ProblemKind.SNAPSHOT_MODE in kinds:
                 manifest = store.read_manifest(ref.manifest)
                 for f in manifest.files:
                     os.chmod(store.snapshot_path(ref.manifest) / f.path, 0o444)
-            if kinds & _LOCAL or kinds & OUT_OF_SERVICE:
+            if any(k.local or k.out_of_service for k in kinds):
                 relink(store, ref)
             fixed.add(h)
         except (CachemgrError, OSError) as exc:
             errors[h] = f"{h}: cannot rebuild locally ({exc}); re-pull it"
 
     for p in report.problems:
-        if p.kind == "view_dangling" or p.kind in UNREPAIRABLE:
+        if p.kind is ProblemKind.VIEW_DANGLING or not p.kind.repairable:
             continue
-        if p.kind == "blob_corrupt" and not p.models:
+        if p.kind is ProblemKind.BLOB_CORRUPT and not p.models:
             p.repaired, p.action = True, "quarantined (no model uses it)"
             continue
-        if p.models and all(h in fixed for h in p.models) and not any(
-                broken[h] & UNREPAIRABLE for h in p.models):
+        if p.models and all(h in fixed for h in p.models) and all(
+                k.repairable for h in p.models for k in broken[h]):
             p.repaired = True
             fetched = "imported from the bundle" if bundle else "re-fetched"
             p.action = p.action or (fetched if any(h in fetch for h in p.models) else "rebuilt locally")

@@ -1,4 +1,5 @@
-"""A whole verify run: check the store (verify.py), then, when asked, repair what it found (repair.py).
+"""A whole verify run: check the store (verify.py), contain what it found (contain.py), then, when
+asked, repair it (repair.py).
 
 ``run_verify`` is ``cachemgr verify [--repair]``; ``scrub`` is one slice of the daemon's
 background scrub: rate-limited, resumable and time-boxed.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+from cachemgr.lifecycle.contain import contain
+from cachemgr.lifecycle.problems import VerifyReport
 from cachemgr.lifecycle.repair import repair
-from cachemgr.lifecycle.verify import VerifyOptions, VerifyReport, check_store
+from cachemgr.lifecycle.verify import VerifyOptions, check_store
 from cachemgr.settings import Settings
 from cachemgr.store.objects import Store
 
@@ -17,6 +20,7 @@ from cachemgr.store.objects import Store
 def run_verify(settings: Settings, store: Store, options: VerifyOptions) -> VerifyReport:
     """Verify (and with ``options.repair`` repair) the store or the models named in options."""
     v = check_store(settings, store, options)
+    contain(store, v.report)
     if options.repair and v.report.problems:
         repair(settings, store, v.report, v.refs, options.bundle)
     v.report.seconds = time.monotonic() - v.start

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from cachemgr.store.fs import atomic_write
@@ -38,20 +37,16 @@ class ScrubState:
         return replace(self, updated=time.time(), **changes)
 
 
-def state_path(store: Store) -> Path:
-    return store.home / "scrub-state.json"
-
-
 def load_state(store: Store) -> ScrubState | None:
     try:
-        doc = json.loads(state_path(store).read_bytes())
+        doc = json.loads(store.scrub_state.read_bytes())
         return ScrubState(**{k: v for k, v in doc.items() if k in ScrubState.__dataclass_fields__})
     except (FileNotFoundError, ValueError, TypeError):
         return None
 
 
 def save_state(store: Store, state: ScrubState) -> None:
-    atomic_write(state_path(store), json.dumps(state.to_json(), indent=1).encode() + b"\n", store.tmp)
+    atomic_write(store.scrub_state, json.dumps(state.to_json(), indent=1).encode() + b"\n", store.tmp)
 
 
 def resume_or_start(store: Store, now: float) -> ScrubState:

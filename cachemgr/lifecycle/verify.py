@@ -4,8 +4,11 @@ Checks, in order: every blob's sha256 against its name (two hashing threads); pe
 manifest (digest against name, parse, SavedModel structure), blob presence, the snapshot
 against the manifest (same inode as the blob or identical content, read-only modes, nothing
 missing or extra) and its view links; dangling view links; with ``deep``, a real
-``tf.saved_model.load`` in a child process. Corrupt content is quarantined at once and the
-models that use it are taken out of service (repair.py puts them back).
+``tf.saved_model.load`` in a child process.
+
+Nothing here changes the store (the resumable scrub's own progress file aside): the report
+lists the problems and orders what must be quarantined and taken out of service, which
+``contain.py`` carries out and ``repair.py`` puts back. ``scrub.py`` runs the three.
 """
 
 from __future__ import annotations
@@ -15,25 +18,19 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 from cachemgr.errors import CachemgrError
 from cachemgr.lifecycle.deep_load import load_models
 from cachemgr.lifecycle.hashing import Throttle, hash_many, sha256_file
+from cachemgr.lifecycle.problems import Problem, ProblemKind, QuarantineOrder, Retirement, VerifyReport
 from cachemgr.lifecycle.scrub_state import ScrubState, resume_or_start, save_state
 from cachemgr.settings import Settings
 from cachemgr.store.manifest import Manifest
 from cachemgr.store.objects import Store
-from cachemgr.store.quarantine import quarantine, take_out_of_service
 from cachemgr.store.refs import Ref, RefIndex, key_of
 from cachemgr.store.savedmodel import check_structure
-from cachemgr.store.view import hub_key
-
-# Problems that leave a model unservable (its snapshot is quarantined, its view links removed).
-OUT_OF_SERVICE = {"blob_corrupt", "manifest_corrupt", "manifest_missing", "snapshot_missing",
-                  "snapshot_file_missing", "snapshot_file_differs", "snapshot_extra", "structure"}
 
 
 @dataclass(frozen=True)
@@ -45,77 +42,6 @@ class VerifyOptions:
     max_duration: float | None = None
     rate: int | None = None  # bytes/s, for background scrubs
     workers: int | None = None
-
-
-@dataclass
-class Problem:
-    kind: str
-    subject: str
-    message: str
-    models: tuple[str, ...] = ()
-    repaired: bool = False
-    action: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "subject": self.subject, "message": self.message, "models": list(self.models),
-                "repaired": self.repaired, "action": self.action}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A verify run's result: ``code`` names it (``--json``), ``exit_code`` is the documented exit status."""
-
-    code: Literal["ok", "corruption_found", "corruption_repaired"]
-    message: str
-
-    @property
-    def exit_code(self) -> int:
-        return {"ok": 0, "corruption_found": 11, "corruption_repaired": 12}[self.code]
-
-
-@dataclass
-class VerifyReport:
-    problems: list[Problem] = field(default_factory=list)
-    blobs: int = 0
-    bytes: int = 0
-    models: int = 0
-    signatures: dict[str, list[str]] = field(default_factory=dict)
-    partial: bool = False
-    state: ScrubState | None = None
-    seconds: float = 0.0
-    repair_errors: list[str] = field(default_factory=list)
-
-    def outcome(self) -> Outcome:
-        """What the run found, as a value: ``ok``, ``corruption_repaired`` or ``corruption_found``."""
-        if not self.problems:
-            return Outcome("ok", "")
-        left = [p for p in self.problems if not p.repaired]
-        if not left:
-            return Outcome("corruption_repaired", f"{len(self.problems)} problem(s) found and all repaired")
-        hint = ("see the errors above" if self.repair_errors else
-                "run `cachemgr verify --repair` to re-fetch or rebuild what is damaged")
-        return Outcome("corruption_found", f"{len(self.problems)} problem(s) found, {len(left)} not repaired; {hint}")
-
-    def lines(self) -> list[str]:
-        out = [f"{'repaired' if p.repaired else p.kind:22} {p.subject}  {p.message}"
-               + (f" [{p.action}]" if p.action else "") for p in self.problems]
-        out += [f"repair failed: {e}" for e in self.repair_errors]
-        out += [f"loads: {h}  signatures: {', '.join(s) or '(none)'}" for h, s in sorted(self.signatures.items())]
-        rate = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
-        out.append(f"verified {self.blobs} blob(s) ({self.bytes} bytes, {rate:.0f} MB/s) and {self.models} "
-                   f"model(s) in {self.seconds:.1f}s")
-        if self.partial and self.state is not None:
-            out.append(f"partial scrub: stopped at --max-duration; the next run continues with the "
-                       f"{self.state.phase} after {self.state.cursor[:16] or 'the start'}")
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        outcome = self.outcome()
-        return {"problems": [p.to_json() for p in self.problems], "blobs": self.blobs, "bytes": self.bytes,
-                "models": self.models, "signatures": self.signatures, "partial": self.partial,
-                "seconds": self.seconds, "repair_errors": self.repair_errors,
-                "outcome": outcome.code,
-                "state": self.state.to_json() if self.state else None}
 
 
 class Verifier:
@@ -137,7 +63,7 @@ class Verifier:
         limit = self.options.max_duration
         return limit is not None and self.did_work and time.monotonic() - self.start >= limit
 
-    def problem(self, kind: str, subject: str, message: str, models: tuple[str, ...] = ()) -> None:
+    def problem(self, kind: ProblemKind, subject: str, message: str, models: tuple[str, ...] = ()) -> None:
         self.report.problems.append(Problem(kind, subject, message, models))
 
     def users_of(self, sha: str) -> set[str]:
@@ -155,12 +81,12 @@ class Verifier:
         return tuple(sorted(r.handle for d in digests for r in self.by_manifest.get(d, [])))
 
     def retire(self, digest: str, reason: str) -> None:
-        """Take every model with manifest ``digest`` out of service (once)."""
+        """Order every model with manifest ``digest`` out of service (once; ``contain`` carries it out)."""
         if digest in self.out_of_service:
             return
         self.out_of_service.add(digest)
         aliases = tuple(a for r in self.by_manifest.get(digest, []) for a in r.aliases)
-        take_out_of_service(self.store, digest, aliases, reason)
+        self.report.retirements.append(Retirement(digest, reason, aliases))
 
     # -- blobs ---------------------------------------------------------------------
     def blob_keys(self, after: str) -> Iterator[tuple[str, str]]:
@@ -187,13 +113,13 @@ class Verifier:
                 if self.options.handles and res.error == "missing":
                     pass  # reported per model (blob_missing), with a repair path
                 elif res.error != "missing":  # vanished: pruned meanwhile
-                    self.problem("blob_unreadable", res.key, f"cannot read: {res.error}")
+                    self.problem(ProblemKind.BLOB_UNREADABLE, res.key, f"cannot read: {res.error}")
             elif res.digest != res.key:
                 users = self.users_of(res.key)
-                quarantine(self.store, self.store.blob_path(res.key), "blob", res.key, f"sha256 is {res.digest}")
+                self.report.quarantines.append(QuarantineOrder("blob", res.key, f"sha256 is {res.digest}"))
                 for digest in users:
                     self.retire(digest, f"blob {res.key} is corrupt")
-                self.problem("blob_corrupt", res.key, f"content hashes to {res.digest[:16]}…; quarantined, "
+                self.problem(ProblemKind.BLOB_CORRUPT, res.key, f"content hashes to {res.digest[:16]}…; quarantined, "
                              f"{len(users)} model version(s) taken out of service", self.handles_of(users))
             self.report.blobs += 1
             self.report.bytes += res.size
@@ -213,24 +139,25 @@ class Verifier:
         try:
             data = store.manifest_path(digest).read_bytes()
         except FileNotFoundError:
-            self.problem("manifest_missing", digest, "the manifest of this model is missing", h)
+            self.problem(ProblemKind.MANIFEST_MISSING, digest, "the manifest of this model is missing", h)
             self.retire(digest, "manifest missing")
             return
         if hashlib.sha256(data).hexdigest() != digest:
-            quarantine(store, store.manifest_path(digest), "manifest", digest, "digest mismatch")
-            self.problem("manifest_corrupt", digest, "manifest content does not match its name; quarantined", h)
+            self.report.quarantines.append(QuarantineOrder("manifest", digest, "digest mismatch"))
+            self.problem(ProblemKind.MANIFEST_CORRUPT, digest,
+                         "manifest content does not match its name; quarantined", h)
             self.retire(digest, "manifest corrupt")
             return
         try:
             manifest = Manifest.from_bytes(data, str(store.manifest_path(digest)))
             check_structure([f.path for f in manifest.files], ref.handle)
         except CachemgrError as err:
-            self.problem("structure", digest, str(err), h)
+            self.problem(ProblemKind.STRUCTURE, digest, str(err), h)
             self.retire(digest, "not a valid SavedModel")
             return
         for f in manifest.files:
             if not store.has_blob(f.sha256):
-                self.problem("blob_missing", f.sha256, f"blob of {f.path} is missing from the store", h)
+                self.problem(ProblemKind.BLOB_MISSING, f.sha256, f"blob of {f.path} is missing from the store", h)
         if not self.check_snapshot(ref, manifest):
             return
         self.check_view(ref)
@@ -240,20 +167,20 @@ class Verifier:
         root = self.store.snapshot_path(ref.manifest)
         h = (ref.handle,)
         if not root.is_dir():
-            self.problem("snapshot_missing", ref.manifest, "the snapshot directory is missing", h)
+            self.problem(ProblemKind.SNAPSHOT_MISSING, ref.manifest, "the snapshot directory is missing", h)
             self.retire(ref.manifest, "snapshot missing")
             return False
-        bad: list[tuple[str, str]] = []
+        bad: list[tuple[ProblemKind, str]] = []
         writable: list[str] = []
         for f in manifest.files:
             path = root / f.path
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
-                bad.append(("snapshot_file_missing", f"{f.path} is missing"))
+                bad.append((ProblemKind.SNAPSHOT_FILE_MISSING, f"{f.path} is missing"))
                 continue
             if not stat.S_ISREG(st.st_mode):
-                bad.append(("snapshot_file_differs", f"{f.path} is not a regular file"))
+                bad.append((ProblemKind.SNAPSHOT_FILE_DIFFERS, f"{f.path} is not a regular file"))
                 continue
             try:
                 blob = os.lstat(self.store.blob_path(f.sha256))
@@ -261,36 +188,37 @@ class Verifier:
             except FileNotFoundError:
                 same = False
             if not same and (st.st_size != f.size or sha256_file(str(path))[0] != f.sha256):
-                bad.append(("snapshot_file_differs", f"{f.path} differs from its blob"))
+                bad.append((ProblemKind.SNAPSHOT_FILE_DIFFERS, f"{f.path} differs from its blob"))
             if st.st_mode & 0o222:
                 writable.append(f.path)
         expected = set(manifest.dirs) | {f.path for f in manifest.files}
         extra = sorted(p for p in _walk(root) if p not in expected)
         if extra:
-            bad.append(("snapshot_extra", f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if extra[1:]
-                                                                      else "")))
+            more = f" and {len(extra) - 1} more" if extra[1:] else ""
+            bad.append((ProblemKind.SNAPSHOT_EXTRA, f"unexpected {extra[0]}{more}"))
         for kind, message in bad:
             self.problem(kind, ref.manifest, message, h)
         if bad:
             self.retire(ref.manifest, bad[0][1])
             return False
         if writable:
-            self.problem("snapshot_mode", ref.manifest, f"{len(writable)} file(s) writable, e.g. {writable[0]}", h)
+            self.problem(ProblemKind.SNAPSHOT_MODE, ref.manifest,
+                         f"{len(writable)} file(s) writable, e.g. {writable[0]}", h)
         return True
 
     def check_view(self, ref: Ref) -> None:
-        target = os.path.join("..", "snapshots", ref.manifest)
+        target = self.store.view_target(ref.manifest)
         for alias in ref.aliases:
-            entry = self.store.view / hub_key(alias)
+            entry = self.store.view_entry(alias)
             try:
                 found = os.readlink(entry)
             except FileNotFoundError:
-                self.problem("view_missing", alias, f"no view link for {alias}", (ref.handle,))
+                self.problem(ProblemKind.VIEW_MISSING, alias, f"no view link for {alias}", (ref.handle,))
                 continue
             except OSError:
                 continue  # a real directory that plain tensorflow_hub downloaded: not ours
             if found != target and self._owner(alias) in (None, ref.handle):
-                self.problem("view_wrong", alias, f"view link for {alias} points at {found}", (ref.handle,))
+                self.problem(ProblemKind.VIEW_WRONG, alias, f"view link for {alias} points at {found}", (ref.handle,))
 
     def _owner(self, alias: str) -> str | None:
         try:
@@ -305,7 +233,8 @@ class Verifier:
             return
         for entry in entries:
             if entry.is_symlink() and not os.path.exists(entry.path):
-                self.problem("view_dangling", entry.name, f"view link points at missing {os.readlink(entry.path)}")
+                self.problem(ProblemKind.VIEW_DANGLING, entry.name,
+                             f"view link points at missing {os.readlink(entry.path)}")
 
     def check_deep(self) -> None:
         refs = [r for r in self.loadable if r.manifest not in self.out_of_service]
@@ -317,8 +246,9 @@ class Verifier:
             if res.ok:
                 self.report.signatures[ref.handle] = list(res.signatures)
             else:
-                self.problem("load_failed", ref.handle, f"tf.saved_model.load fails although every hash matches "
-                             f"(the archive itself is broken; pin another version): {res.error}", (ref.handle,))
+                self.problem(ProblemKind.LOAD_FAILED, ref.handle,
+                             "tf.saved_model.load fails although every hash matches (the archive itself is "
+                             f"broken; pin another version): {res.error}", (ref.handle,))
 
 
 def _walk(root: Path) -> Iterator[str]:

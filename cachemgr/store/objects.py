@@ -1,6 +1,6 @@
-"""The content-addressed store on disk: blobs, manifests, snapshots (refs: refs.py).
+"""The content-addressed store on disk: its layout (every path is named here), and the objects.
 
-Layout under HOME::
+Layout under HOME (``Store`` has an attribute or method for each)::
 
     store-format                  format version of this tree
     blobs/sha256/ab/<sha256>      file contents, read-only, named by their sha256
@@ -8,7 +8,11 @@ Layout under HOME::
     snapshots/<digest>/           a model version's tree, hard links into blobs/
     refs/<key>.json               handle -> manifest + provenance (refs.py)
     aliases/<key>                 any alias string -> its ref's handle (refs.py)
-    view/<sha1(alias)>            what TFHUB_CACHE_DIR points at (view.py)
+    view/<sha1(alias)>            link ../snapshots/<digest>: what TFHUB_CACHE_DIR points at (view.py)
+    pins/<key>.json               pin records, GC roots (pins.py)
+    uses/<sha1(alias)>.<host>     last use per host, as mtimes (usage.py)
+    quarantine/                   corrupt content moved aside (quarantine.py)
+    scrub-state.json              progress of a resumable scrub (lifecycle/scrub_state.py)
     tmp/                          private temps: kind.host.pid.uuid
 """
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from cachemgr.errors import StoreError, UnsafeManifestError
 from cachemgr.store.fs import atomic_write, disk_error, link_or_copy, remove_quietly, unique_name
 from cachemgr.store.manifest import Manifest, check_manifest
+from cachemgr.store.usage import hub_key, uses_dir
 
 STORE_FORMAT = 1
 _SUBDIRS = ("blobs/sha256", "manifests/sha256", "snapshots", "refs", "aliases", "view", "tmp")
@@ -39,6 +44,19 @@ class Store:
         self.aliases = home / "aliases"
         self.view = home / "view"
         self.tmp = home / "tmp"
+        self.pins = home / "pins"
+        self.uses = uses_dir(home)
+        self.quarantine = home / "quarantine"
+        self.scrub_state = home / "scrub-state.json"
+
+    def view_entry(self, alias: str) -> Path:
+        """The view entry tensorflow_hub resolves for ``alias``: ``view/<sha1(alias)>``."""
+        return self.view / hub_key(alias)
+
+    @staticmethod
+    def view_target(digest: str) -> str:
+        """What a view entry links to: relative, so the tree works wherever it is mounted."""
+        return os.path.join("..", "snapshots", digest)
 
     # -- opening -----------------------------------------------------------------------
     def format_file(self) -> Path:

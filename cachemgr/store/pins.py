@@ -54,19 +54,15 @@ def who_am_i() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def pins_dir(store: Store) -> Path:
-    return store.home / "pins"
-
-
 def pin_path(store: Store, handle: str) -> Path:
-    return pins_dir(store) / f"{key_of(handle)}.json"
+    return store.pins / f"{key_of(handle)}.json"
 
 
 def read_pins(store: Store) -> list[Pin]:
     """Every pin in the store (one directory scan; unreadable files are skipped)."""
     out: list[Pin] = []
     try:
-        entries = list(os.scandir(pins_dir(store)))
+        entries = list(os.scandir(store.pins))
     except FileNotFoundError:
         return out
     for entry in entries:
@@ -82,9 +78,9 @@ def read_pins(store: Store) -> list[Pin]:
 
 def write_pin(store: Store, pin: Pin) -> None:
     try:
-        pins_dir(store).mkdir(exist_ok=True)
+        store.pins.mkdir(exist_ok=True)
     except OSError as exc:
-        raise disk_error(exc, pins_dir(store)) from None
+        raise disk_error(exc, store.pins) from None
     body = json.dumps(pin.to_json(), indent=1, sort_keys=True).encode() + b"\n"
     atomic_write(pin_path(store, pin.handle), body, store.tmp)
 

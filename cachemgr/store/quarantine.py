@@ -15,16 +15,11 @@ from pathlib import Path
 
 from cachemgr.store.fs import atomic_write, disk_error, unique_name
 from cachemgr.store.objects import Store
-from cachemgr.store.view import hub_key
-
-
-def quarantine_dir(store: Store) -> Path:
-    return store.home / "quarantine"
 
 
 def quarantine(store: Store, path: Path, kind: str, name: str, reason: str) -> Path | None:
     """Move ``path`` into quarantine (atomic rename); None if it is already gone."""
-    qdir = quarantine_dir(store)
+    qdir = store.quarantine
     try:
         qdir.mkdir(exist_ok=True)
     except OSError as exc:
@@ -43,25 +38,12 @@ def quarantine(store: Store, path: Path, kind: str, name: str, reason: str) -> P
 
 def take_out_of_service(store: Store, digest: str, aliases: tuple[str, ...], reason: str) -> None:
     """Remove the view links of ``aliases`` that point at ``digest`` and quarantine its snapshot."""
-    target = os.path.join("..", "snapshots", digest)
+    target = store.view_target(digest)
     for alias in aliases:
-        link = store.view / hub_key(alias)
+        link = store.view_entry(alias)
         try:
             if os.readlink(link) == target:
                 os.unlink(link)
         except OSError:
             continue
     quarantine(store, store.snapshot_path(digest), "snapshot", digest, reason)
-
-
-def list_quarantine(store: Store) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = []
-    qdir = quarantine_dir(store)
-    for note in sorted(qdir.glob("*.json")) if qdir.is_dir() else []:
-        try:
-            doc = json.loads(note.read_bytes())
-        except (OSError, ValueError):
-            continue
-        doc["path"] = str(note.with_suffix(""))
-        out.append(doc)
-    return out

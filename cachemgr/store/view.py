@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from cachemgr.store.fs import atomic_symlink, atomic_write
 from cachemgr.store.objects import Store
 from cachemgr.store.usage import hub_key
 
-__all__ = ["hub_key", "link_aliases", "view_entry"]
+__all__ = ["hub_key", "link_aliases"]
 
 
 def link_aliases(store: Store, aliases: tuple[str, ...], digest: str) -> list[str]:
     """Point every alias at ``snapshots/<digest>``; returns aliases that hub owns (skipped)."""
-    target = os.path.join("..", "snapshots", digest)
+    target = store.view_target(digest)
     skipped: list[str] = []
     for alias in aliases:
-        entry = store.view / hub_key(alias)
+        entry = store.view_entry(alias)
         if entry.is_dir() and not entry.is_symlink():
             skipped.append(alias)  # a real directory that plain tensorflow_hub downloaded
             continue
         if not (entry.is_symlink() and os.readlink(entry) == target):
             atomic_symlink(target, entry, store.tmp)
-        descriptor = store.view / f"{hub_key(alias)}.descriptor.txt"
+        descriptor = entry.with_name(f"{entry.name}.descriptor.txt")
         if not descriptor.exists():
             text = (
                 f"Module: {alias}\nManaged by: cachemgr\nSnapshot: sha256:{digest}\n"
@@ -37,6 +36,3 @@ def link_aliases(store: Store, aliases: tuple[str, ...], digest: str) -> list[st
             atomic_write(descriptor, text.encode(), store.tmp)
     return skipped
 
-
-def view_entry(store: Store, alias: str) -> Path:
-    return store.view / hub_key(alias)

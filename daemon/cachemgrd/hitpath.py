@@ -18,7 +18,7 @@ from typing import Any
 
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
-from cachemgr.store.usage import hub_key, record_handle_use
+from cachemgr.store.usage import record_handle_use
 
 RECENT_TTL = 2.0  # seconds a resolved answer is reused (the view link is still checked each time)
 RECENT_MAX = 10_000  # answers kept before the table is emptied
@@ -74,7 +74,7 @@ class HitPath:
         if ref is None or text not in ref.aliases:
             return None
         snapshot = self.store.snapshot_path(ref.manifest)
-        view = self.store.view / hub_key(text)
+        view = self.store.view_entry(text)
         if not snapshot.is_dir() or not os.path.lexists(view):
             return None
         record_handle_use(self.store.home, text)

@@ -217,7 +217,7 @@ class Watcher:
         # Swap the directory for a link: readers with open files keep them (rename, then unlink).
         moved = store.tmp / unique_name("adopted")
         link_tmp = store.tmp / unique_name("l")
-        os.symlink(os.path.join("..", "snapshots", result.digest), link_tmp)
+        os.symlink(store.view_target(result.digest), link_tmp)
         os.rename(entry, moved)
         os.replace(link_tmp, entry)
         remove_quietly(moved)
