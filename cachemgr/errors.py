@@ -19,6 +19,12 @@ class UsageError(CachemgrError):
     code = "usage"
 
 
+class NoStoreError(UsageError):
+    """HOME is not a store (a typo'd --home, or nothing pulled yet)."""
+
+    code = "no_store"
+
+
 class ConfigError(CachemgrError):
     code = "bad_config"
 

@@ -1,9 +1,10 @@
 """The ``cachemgr`` command line: parsing and printing only; the work is in the library.
 
-main.py       the click group, and the store commands (pull, add, ls, info, path, env)
+main.py       the click group and its global options; each command's module loads when it runs
+models.py     pull, add, env, ls, info, path
 lifecycle.py  pin, unpin, pins, prune, verify, du
 bundle.py     export, import, inventory, keygen
 daemon.py     daemon, status, shim install / uninstall
-util.py       settings from the context, --json, the error -> exit code reporting
+util.py       the Command class (errors -> one line + exit code), with_store, option types
 output.py     tables for people, JSON for scripts
 """

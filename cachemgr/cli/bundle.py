@@ -15,26 +15,16 @@ from cachemgr.bundle.export import build_manifest, live_pins, select_refs, write
 from cachemgr.bundle.format import Inventory
 from cachemgr.bundle.importer import ImportResult, import_bundle, take_inventory
 from cachemgr.cli.output import emit_json
-from cachemgr.cli.util import Ctx, json_option, pass_ctx, run_reporting
+from cachemgr.cli.util import SIZE, Ctx, command, json_option, pass_ctx, with_store
 from cachemgr.errors import BundleError, UsageError
 from cachemgr.progress import Bars
-from cachemgr.store.fs import atomic_write, clean_stale_temps
+from cachemgr.store.fs import atomic_write
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import RefIndex
-from cachemgr.units import format_size, parse_size
+from cachemgr.units import format_size
 
 
-def _store(c: Ctx, must_exist: bool) -> Store:
-    store = Store(c.settings.home)
-    if store.exists():
-        store.check_format()
-        clean_stale_temps(store.tmp, c.settings.temp_grace)
-    elif must_exist:
-        raise UsageError(f"{store.home} is not a cachemgr store; pull models first (or set --home)")
-    return store
-
-
-@click.command()
+@command()
 @click.argument("handles", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Export every model in the store.")
 @click.option("--pinned", is_flag=True, help="Export every pinned model (live pins).")
@@ -42,51 +32,47 @@ def _store(c: Ctx, must_exist: bool) -> Store:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Bundle file (.tar.zst).")
 @click.option("--have", type=click.Path(path_type=Path),
               help="Inventory of the receiving side (cachemgr inventory): pack only the blobs it lacks.")
-@click.option("--split-size", help="Write FILE.part001, .part002, ... of at most SIZE each (e.g. 4000M).")
+@click.option("--split-size", type=SIZE, help="Write FILE.part001, .part002, ... of at most SIZE each (e.g. 4000M).")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), help="Sign with this ed25519 key (keygen).")
 @json_option
 @pass_ctx
-def export(c: Ctx, handles: tuple[str, ...], everything: bool, pinned: bool, with_pins: bool, output: Path,
-           have: Path | None, split_size: str | None, sign_key: Path | None, as_json: bool) -> None:
+@with_store(clean=True)
+def export(c: Ctx, store: Store, handles: tuple[str, ...], everything: bool, pinned: bool, with_pins: bool,
+           output: Path, have: Path | None, split_size: int | None, sign_key: Path | None, as_json: bool) -> None:
     """Write models (their refs, manifests and blobs, each once) to one .tar.zst bundle."""
 
-    def go() -> None:
-        store = _store(c, must_exist=True)
-        split = parse_size(split_size, "--split-size") if split_size else None
-        inv = None
-        if have is not None:
-            try:
-                inv = Inventory.from_bytes(have.read_bytes(), str(have))
-            except OSError as exc:
-                raise UsageError(f"cannot read inventory {have} ({exc.strerror}); fix the path") from None
-        pins = live_pins(store)
-        refs = select_refs(store, handles, everything, pins if pinned else ())
-        exported = {r.handle for r in refs}
-        carried = [p for p in pins if RefIndex(store).canonical_for(p.asked) in exported] if with_pins else None
-        bundle = build_manifest(store, refs, inv, pins=carried)
-        bar = Bars(sys.stderr.isatty() and not as_json).new(f"export {output.name}")
+    inv = None
+    if have is not None:
         try:
-            result = write_bundle(store, bundle, output, split_size=split, sign_key=sign_key, bar=bar)
-        finally:
-            bar.close()
-        outputs = [str(p) for p in result.outputs]
-        doc = {
-            "outputs": outputs, "size": result.size,
-            "models": [r.handle for r in bundle.refs], "blobs": len(bundle.blobs),
-            "packed_blobs": len(bundle.packed), "packed_bytes": bundle.packed_bytes,
-            "pins": len(bundle.pins or []),
-            "signer": signing.fingerprint(result.signer) if result.signer else None,
-        }
-        if as_json:
-            emit_json(doc)
-            return
-        omitted = len(bundle.blobs) - len(bundle.packed)
-        click.echo(f"wrote {', '.join(outputs)} ({format_size(result.size)}): {len(bundle.refs)} models, "
-                   f"{len(bundle.packed)} blobs ({format_size(bundle.packed_bytes)})"
-                   + (f", {omitted} blobs the receiver has left out" if inv is not None else ""))
-        click.echo(f"signed by {doc['signer']}" if result.signer else "unsigned (use --sign KEY to sign)")
-
-    run_reporting(as_json, go)
+            inv = Inventory.from_bytes(have.read_bytes(), str(have))
+        except OSError as exc:
+            raise UsageError(f"cannot read inventory {have} ({exc.strerror}); fix the path") from None
+    pins = live_pins(store)
+    refs = select_refs(store, handles, everything, pins if pinned else ())
+    exported = {r.handle for r in refs}
+    carried = [p for p in pins if RefIndex(store).canonical_for(p.asked) in exported] if with_pins else None
+    bundle = build_manifest(store, refs, inv, pins=carried)
+    bar = Bars(sys.stderr.isatty() and not as_json).new(f"export {output.name}")
+    try:
+        result = write_bundle(store, bundle, output, split_size=split_size, sign_key=sign_key, bar=bar)
+    finally:
+        bar.close()
+    outputs = [str(p) for p in result.outputs]
+    doc = {
+        "outputs": outputs, "size": result.size,
+        "models": [r.handle for r in bundle.refs], "blobs": len(bundle.blobs),
+        "packed_blobs": len(bundle.packed), "packed_bytes": bundle.packed_bytes,
+        "pins": len(bundle.pins or []),
+        "signer": signing.fingerprint(result.signer) if result.signer else None,
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    omitted = len(bundle.blobs) - len(bundle.packed)
+    click.echo(f"wrote {', '.join(outputs)} ({format_size(result.size)}): {len(bundle.refs)} models, "
+               f"{len(bundle.packed)} blobs ({format_size(bundle.packed_bytes)})"
+               + (f", {omitted} blobs the receiver has left out" if inv is not None else ""))
+    click.echo(f"signed by {doc['signer']}" if result.signer else "unsigned (use --sign KEY to sign)")
 
 
 def _expand(files: tuple[str, ...]) -> list[list[Path]]:
@@ -122,64 +108,55 @@ def _report(result: ImportResult) -> None:
         click.echo("signature: none")
 
 
-@click.command(name="import")
+@command(name="import")
 @click.argument("files", nargs=-1, required=True)
 @click.option("--require-signature", "pubkeys", multiple=True, metavar="PUBKEY",
               help="Refuse bundles not signed by this key (.pub file or 'ssh-ed25519 ...'); repeatable.")
 @json_option
 @pass_ctx
-def import_(c: Ctx, files: tuple[str, ...], pubkeys: tuple[str, ...], as_json: bool) -> None:
+@with_store(missing_ok=True, clean=True)
+def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ...], as_json: bool) -> None:
     """Verify and add a bundle (a .tar.zst, or its parts) to the store; needs no network."""
 
-    def go() -> None:
-        trusted = list(c.settings.trusted_keys)
-        for item in pubkeys:
-            trusted += signing.read_public_keys(item, "--require-signature")
-        store = _store(c, must_exist=False)
-        results = []
-        for group in _expand(files):
-            bar = Bars(sys.stderr.isatty() and not as_json).new(f"import {group[0].name}")
-            try:
-                results.append(import_bundle(store, group, tuple(dict.fromkeys(trusted)), bar))
-            finally:
-                bar.close()
-            if not as_json:
-                _report(results[-1])
-        if as_json:
-            emit_json({"results": [r.to_json() for r in results]})
-
-    run_reporting(as_json, go)
+    trusted = list(c.settings.trusted_keys)
+    for item in pubkeys:
+        trusted += signing.read_public_keys(item, "--require-signature")
+    results = []
+    for group in _expand(files):
+        bar = Bars(sys.stderr.isatty() and not as_json).new(f"import {group[0].name}")
+        try:
+            results.append(import_bundle(store, group, tuple(dict.fromkeys(trusted)), bar))
+        finally:
+            bar.close()
+        if not as_json:
+            _report(results[-1])
+    if as_json:
+        emit_json({"results": [r.to_json() for r in results]})
 
 
-@click.command()
+@command()
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the JSON.")
 @pass_ctx
-def inventory(c: Ctx, output: Path) -> None:
+@with_store(missing_ok=True, clean=True)
+def inventory(c: Ctx, store: Store, output: Path) -> None:
     """List the manifests and blobs held here, for `export --have` on the connected side."""
 
-    def go() -> None:
-        store = _store(c, must_exist=False)
-        inv = take_inventory(store, time.time())
-        atomic_write(output, inv.to_bytes(), output.parent if str(output.parent) else Path("."))
-        click.echo(f"wrote {output}: {len(inv.manifests)} manifests, {len(inv.blobs)} blobs")
-
-    run_reporting(False, go)
+    inv = take_inventory(store, time.time())
+    atomic_write(output, inv.to_bytes(), output.parent if str(output.parent) else Path("."))
+    click.echo(f"wrote {output}: {len(inv.manifests)} manifests, {len(inv.blobs)} blobs")
 
 
-@click.command()
+@command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--comment", default="cachemgr", show_default=True, help="Comment in the .pub line.")
 def keygen(path: Path, comment: str) -> None:
     """Make an ed25519 key pair: PATH (private, 0600) and PATH.pub (OpenSSH format)."""
 
-    def go() -> None:
-        line = signing.generate_keypair(path, comment)
-        click.echo(f"wrote {path} (private: keep it on the connected side) and {path}.pub")
-        click.echo(f"fingerprint {signing.fingerprint(line)}")
-        click.echo(f"trust it on the air-gapped side: cachemgr import --require-signature {path}.pub FILE, "
-                   f"or trusted_keys = [\"{path}.pub\"] in config.toml")
-
-    run_reporting(False, go)
+    line = signing.generate_keypair(path, comment)
+    click.echo(f"wrote {path} (private: keep it on the connected side) and {path}.pub")
+    click.echo(f"fingerprint {signing.fingerprint(line)}")
+    click.echo(f"trust it on the air-gapped side: cachemgr import --require-signature {path}.pub FILE, "
+               f"or trusted_keys = [\"{path}.pub\"] in config.toml")
 
 
 COMMANDS = [export, import_, inventory, keygen]

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from cachemgr.cli.output import emit_json, fail
-from cachemgr.cli.util import Ctx, json_option, pass_ctx, run_reporting
+from cachemgr.cli.util import Ctx, Group, command, json_option, pass_ctx
 from cachemgr.client.daemon_client import DaemonUnavailable, call
 from cachemgr.errors import CachemgrError
 from cachemgr.units import format_size
@@ -19,7 +19,7 @@ from cachemgr.units import format_size
 PTH_NAME = "cachemgr-shim.pth"
 
 
-@click.command()
+@command()
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Unix socket [CACHEMGR_SOCKET].")
 @click.option("--listen", multiple=True, help="Also serve TCP on HOST:PORT (repeatable) [CACHEMGR_LISTEN].")
 @click.option("--workers", help="Processes serving the sockets: N or 'auto' (one per two cores, at most 4) "
@@ -35,44 +35,37 @@ def daemon(c: Ctx, socket_path: Path | None, listen: tuple[str, ...], workers: s
         c.overrides["listen"] = list(listen)
     if workers is not None:
         c.overrides["workers"] = workers
+    from cachemgrd.main import run  # the CLI depends on the daemon package, never the reverse
 
-    def go() -> None:
-        from cachemgrd.main import run  # the CLI depends on the daemon package, never the reverse
-
-        run(c.settings, dict(os.environ), c.config, dict(c.overrides), ready_file)
-
-    run_reporting(False, go)
+    run(c.settings, dict(os.environ), c.config, dict(c.overrides), ready_file)
 
 
-@click.command()
+@command()
 @json_option
 @pass_ctx
 def status(c: Ctx, as_json: bool) -> None:
     """Show the running daemon's state."""
 
-    def go() -> None:
-        sock = str(c.settings.socket)
-        try:
-            code, doc = call(sock, "GET", "/v1/status", timeout=10)
-        except DaemonUnavailable as exc:
-            raise CachemgrError(f"{exc.strerror}; start it with `cachemgr daemon` or set CACHEMGR_SOCKET") from None
-        if as_json:
-            emit_json(doc)
-            return
-        workers = doc.get("workers") or []
-        procs = f" (+{len(workers)} workers: {', '.join(map(str, workers))})" if workers else ""
-        click.echo(f"daemon {doc['version']} pid {doc['pid']}{procs} up {doc['uptime']:.0f}s, store {doc['home']}")
-        click.echo(f"models {doc['store_entries']}, {format_size(doc['store_bytes'])}; hits {doc['hits']}, "
-                   f"misses {doc['misses']}, in flight {len(doc['inflight'])}, offline {doc['offline']}")
-
-    run_reporting(as_json, go)
+    sock = str(c.settings.socket)
+    try:
+        code, doc = call(sock, "GET", "/v1/status", timeout=10)
+    except DaemonUnavailable as exc:
+        raise CachemgrError(f"{exc.strerror}; start it with `cachemgr daemon` or set CACHEMGR_SOCKET") from None
+    if as_json:
+        emit_json(doc)
+        return
+    workers = doc.get("workers") or []
+    procs = f" (+{len(workers)} workers: {', '.join(map(str, workers))})" if workers else ""
+    click.echo(f"daemon {doc['version']} pid {doc['pid']}{procs} up {doc['uptime']:.0f}s, store {doc['home']}")
+    click.echo(f"models {doc['store_entries']}, {format_size(doc['store_bytes'])}; hits {doc['hits']}, "
+               f"misses {doc['misses']}, in flight {len(doc['inflight'])}, offline {doc['offline']}")
 
 
 def _pth_path() -> Path:
     return Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
 
 
-@click.group()
+@click.group(cls=Group)
 def shim() -> None:
     """Install or remove the tensorflow_hub shim for unchanged programs."""
 

@@ -9,204 +9,174 @@ from pathlib import Path
 import click
 
 from cachemgr.cli.output import emit_json, table
-from cachemgr.cli.util import Ctx, json_option, pass_ctx, run_reporting
-from cachemgr.fetch.pull import open_store
+from cachemgr.cli.util import DURATION, SIZE, Ctx, command, json_option, pass_ctx, with_store
 from cachemgr.store.objects import Store
-from cachemgr.units import format_size, parse_duration, parse_size
+from cachemgr.units import format_size
 
 
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) if ts else "-"
 
 
-def _existing(c: Ctx) -> Store:
-    store = Store(c.settings.home)
-    store.check_format()
-    return store
-
-
-@click.command()
+@command()
 @click.argument("handle")
 @click.option("--reason", default="", help="Why it is pinned (shown by `cachemgr pins`).")
 @click.option("--until", "until_text", help="Expiry: a date (2025-12-31) or a duration from now (30d).")
 @json_option
 @pass_ctx
-def pin(c: Ctx, handle: str, reason: str, until_text: str | None, as_json: bool) -> None:
+@with_store(create=True, clean=True)
+def pin(c: Ctx, store: Store, handle: str, reason: str, until_text: str | None, as_json: bool) -> None:
     """Pin HANDLE so that prune never removes it (fetches it if it is not stored)."""
     from cachemgr.lifecycle import pins
-
-    def go() -> None:
-        until = pins.parse_until(until_text, time.time()) if until_text else None
-        out = pins.pin(c.settings, open_store(c.settings), handle, reason=reason, until=until)
-        if as_json:
-            emit_json(out.to_json())
-        elif out.action == "wanted":
-            click.echo(f"wanted   {handle}  not stored and offline: recorded as wanted-but-missing; "
-                       "it is fetched when online (`cachemgr pull` or the daemon)")
-        else:
-            digest = f"sha256:{(out.pin.digest or '')[:12]}"
-            click.echo(f"{'fetched and pinned' if out.action == 'fetched' else 'pinned'}  {out.pin.handle}  {digest}"
-                       + (f"  until {_when(until)} UTC" if until else ""))
-
-    run_reporting(as_json, go)
+    until = pins.parse_until(until_text, time.time()) if until_text else None
+    out = pins.pin(c.settings, store, handle, reason=reason, until=until)
+    if as_json:
+        emit_json(out.to_json())
+    elif out.action == "wanted":
+        click.echo(f"wanted   {handle}  not stored and offline: recorded as wanted-but-missing; "
+                   "it is fetched when online (`cachemgr pull` or the daemon)")
+    else:
+        digest = f"sha256:{(out.pin.digest or '')[:12]}"
+        click.echo(f"{'fetched and pinned' if out.action == 'fetched' else 'pinned'}  {out.pin.handle}  {digest}"
+                   + (f"  until {_when(until)} UTC" if until else ""))
 
 
-@click.command()
+@command()
 @click.argument("handle")
 @json_option
 @pass_ctx
-def unpin(c: Ctx, handle: str, as_json: bool) -> None:
+@with_store()
+def unpin(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
     """Remove the pin on HANDLE (the model stays until a prune removes it)."""
     from cachemgr.lifecycle import pins
 
-    def go() -> None:
-        gone = pins.unpin(_existing(c), handle)
-        if as_json:
-            emit_json({"unpinned": gone.to_json()})
-        else:
-            click.echo(f"unpinned {gone.handle}")
-
-    run_reporting(as_json, go)
+    gone = pins.unpin(store, handle)
+    if as_json:
+        emit_json({"unpinned": gone.to_json()})
+    else:
+        click.echo(f"unpinned {gone.handle}")
 
 
-@click.command(name="pins")
+@command(name="pins")
 @click.option("--check/--no-check", default=True, help="Ask upstream whether pinned content changed (online).")
 @json_option
 @pass_ctx
-def pins_cmd(c: Ctx, check: bool, as_json: bool) -> None:
+@with_store()
+def pins_cmd(c: Ctx, store: Store, check: bool, as_json: bool) -> None:
     """List pins: who, when, why, until, and whether each still holds (or changed upstream)."""
     from cachemgr.lifecycle import pins
 
-    def go() -> None:
-        store = _existing(c)
-        statuses = pins.pin_statuses(store)
-        if check and not c.settings.offline:
-            statuses = pins.with_upstream(c.settings, statuses)
-        if as_json:
-            emit_json({"pins": [s.to_json() for s in statuses]})
-            return
-        rows = [[s.pin.handle, s.state + ("/upstream-changed" if s.upstream == "changed" else ""),
-                 (s.pin.digest or "-")[:12], s.pin.who, _when(s.pin.when), _when(s.pin.until), s.pin.reason,
-                 s.detail] for s in statuses]
-        click.echo(table(rows, ["HANDLE", "STATE", "DIGEST", "WHO", "WHEN", "UNTIL", "REASON", "NOTE"]))
-
-    run_reporting(as_json, go)
+    statuses = pins.pin_statuses(store)
+    if check and not c.settings.offline:
+        statuses = pins.with_upstream(c.settings, statuses)
+    if as_json:
+        emit_json({"pins": [s.to_json() for s in statuses]})
+        return
+    rows = [[s.pin.handle, s.state + ("/upstream-changed" if s.upstream == "changed" else ""),
+             (s.pin.digest or "-")[:12], s.pin.who, _when(s.pin.when), _when(s.pin.until), s.pin.reason,
+             s.detail] for s in statuses]
+    click.echo(table(rows, ["HANDLE", "STATE", "DIGEST", "WHO", "WHEN", "UNTIL", "REASON", "NOTE"]))
 
 
-@click.command()
-@click.option("--max-size", help="Evict least-recently-used models until the store is under SIZE.")
-@click.option("--unused-for", help="Evict models not used for DURATION (e.g. 30d).")
+@command()
+@click.option("--max-size", type=SIZE, help="Evict least-recently-used models until the store is under SIZE.")
+@click.option("--unused-for", type=DURATION, help="Evict models not used for DURATION (e.g. 30d).")
 @click.option("--keep-versions", type=click.IntRange(min=1), help="Per model, keep the newest N versions.")
-@click.option("--min-free", help="Evict until the disk of the store has SIZE free.")
-@click.option("--grace", help="Keep anything used or written more recently than this [1h].")
+@click.option("--min-free", type=SIZE, help="Evict until the disk of the store has SIZE free.")
+@click.option("--grace", type=DURATION, help="Keep anything used or written more recently than this [1h].")
 @click.option("--dry-run", is_flag=True, help="Print the plan; delete nothing.")
 @json_option
 @pass_ctx
-def prune(c: Ctx, max_size: str | None, unused_for: str | None, keep_versions: int | None, min_free: str | None,
-          grace: str | None, dry_run: bool, as_json: bool) -> None:
+@with_store()
+def prune(c: Ctx, store: Store, max_size: int | None, unused_for: float | None, keep_versions: int | None,
+          min_free: int | None, grace: float | None, dry_run: bool, as_json: bool) -> None:
     """Remove unpinned, unused models and leftovers (LRU, age, version count, free space)."""
     from cachemgr.lifecycle.prune_exec import execute_prune
     from cachemgr.lifecycle.prune_plan import PrunePolicy, format_age, plan_prune
     from cachemgr.lifecycle.scan import scan
 
-    def go() -> None:
-        s = c.settings
-        store = _existing(c)
-        policy = PrunePolicy(
-            parse_size(max_size, "--max-size") if max_size else s.prune_max_size,
-            parse_duration(unused_for, "--unused-for") if unused_for else s.prune_unused_for,
-            keep_versions if keep_versions is not None else s.prune_keep_versions,
-            parse_size(min_free, "--min-free") if min_free else s.prune_min_free,
-            parse_duration(grace, "--grace") if grace else s.prune_grace,
-            s.temp_grace,
-        )
-        plan = plan_prune(scan(store), policy, time.time())
-        result = None if dry_run else execute_prune(store, plan)
-        if as_json:
-            doc = {"dry_run": dry_run, "plan": plan.to_json()}
-            if result is not None:
-                doc["result"] = result.to_json()
-            emit_json(doc)
-            return
-        verb = "would evict" if dry_run else "evict"
-        for e in plan.evict:
-            click.echo(f"{verb}  {e.handle}  {format_size(e.size)}  frees {format_size(e.frees)}  {e.reason}")
-        for p in plan.protected:
-            click.echo(f"keep  {p.handle}  {p.reason}")
-        if plan.snapshots or plan.manifests or plan.blobs or plan.temps:
-            click.echo(f"leftovers: {len(plan.snapshots)} snapshot(s), {len(plan.manifests)} manifest(s), "
-                       f"{len(plan.blobs)} blob(s), {len(plan.temps)} temp(s) "
-                       f"(older than the grace period of {format_age(policy.grace)})")
-        for why in plan.unmet:
-            click.echo(f"note: {why}", err=True)
-        if result is None:
-            click.echo(f"dry run: would free {format_size(plan.bytes_to_free)} "
-                       f"({format_size(plan.size_before)} -> {format_size(plan.size_after)}); nothing deleted")
-        else:
-            for skipped in result.skipped:
-                click.echo(f"skipped  {skipped}", err=True)
-            click.echo(f"freed {format_size(result.freed_bytes)} ({result.freed_bytes} bytes); "
-                       f"{len(result.evicted)} model(s) evicted")
-
-    run_reporting(as_json, go)
+    policy = PrunePolicy.from_settings(c.settings, max_size=max_size, unused_for=unused_for,
+                                       keep_versions=keep_versions, min_free=min_free, grace=grace)
+    plan = plan_prune(scan(store), policy, time.time())
+    result = None if dry_run else execute_prune(store, plan)
+    if as_json:
+        doc = {"dry_run": dry_run, "plan": plan.to_json()}
+        if result is not None:
+            doc["result"] = result.to_json()
+        emit_json(doc)
+        return
+    verb = "would evict" if dry_run else "evict"
+    for e in plan.evict:
+        click.echo(f"{verb}  {e.handle}  {format_size(e.size)}  frees {format_size(e.frees)}  {e.reason}")
+    for p in plan.protected:
+        click.echo(f"keep  {p.handle}  {p.reason}")
+    if plan.snapshots or plan.manifests or plan.blobs or plan.temps:
+        click.echo(f"leftovers: {len(plan.snapshots)} snapshot(s), {len(plan.manifests)} manifest(s), "
+                   f"{len(plan.blobs)} blob(s), {len(plan.temps)} temp(s) "
+                   f"(older than the grace period of {format_age(policy.grace)})")
+    for why in plan.unmet:
+        click.echo(f"note: {why}", err=True)
+    if result is None:
+        click.echo(f"dry run: would free {format_size(plan.bytes_to_free)} "
+                   f"({format_size(plan.size_before)} -> {format_size(plan.size_after)}); nothing deleted")
+    else:
+        for skipped in result.skipped:
+            click.echo(f"skipped  {skipped}", err=True)
+        click.echo(f"freed {format_size(result.freed_bytes)} ({result.freed_bytes} bytes); "
+                   f"{len(result.evicted)} model(s) evicted")
 
 
-@click.command()
+@command()
 @click.argument("handles", nargs=-1)
 @click.option("--deep", is_flag=True, help="Also load each model with tf.saved_model.load (in a subprocess).")
 @click.option("--repair", is_flag=True, help="Re-fetch or rebuild what is corrupt, then restore the view.")
 @click.option("--from-bundle", "bundle", type=click.Path(path_type=Path), help="Repair from this bundle file.")
-@click.option("--max-duration", help="Stop after DURATION; the next run continues where this one stopped.")
+@click.option("--max-duration", type=DURATION,
+              help="Stop after DURATION; the next run continues where this one stopped.")
 @json_option
 @pass_ctx
-def verify(c: Ctx, handles: tuple[str, ...], deep: bool, repair: bool, bundle: Path | None,
-           max_duration: str | None, as_json: bool) -> None:
+@with_store()
+def verify(c: Ctx, store: Store, handles: tuple[str, ...], deep: bool, repair: bool, bundle: Path | None,
+           max_duration: float | None, as_json: bool) -> None:
     """Check every blob, manifest, snapshot, view link and SavedModel; exit 0 good, 11 corrupt, 12 repaired."""
     from cachemgr.lifecycle.scrub import run_verify
     from cachemgr.lifecycle.verify import VerifyOptions
 
-    def go() -> None:
-        store = _existing(c)
-        options = VerifyOptions(
-            handles=tuple(handles), deep=deep, repair=repair or bundle is not None, bundle=bundle,
-            max_duration=parse_duration(max_duration, "--max-duration") if max_duration else None,
-        )
-        report = run_verify(c.settings, store, options)
-        if as_json:
-            emit_json(report.to_json())
-        else:
-            for line in report.lines():
-                click.echo(line)
-        outcome = report.outcome()
-        if outcome.exit_code:
-            if not as_json:
-                click.echo(f"cachemgr: {outcome.message}", err=True)
-            sys.exit(outcome.exit_code)
-
-    run_reporting(as_json, go)
+    options = VerifyOptions(
+        handles=tuple(handles), deep=deep, repair=repair or bundle is not None, bundle=bundle,
+        max_duration=max_duration,
+    )
+    report = run_verify(c.settings, store, options)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    outcome = report.outcome()
+    if outcome.exit_code:
+        if not as_json:
+            click.echo(f"cachemgr: {outcome.message}", err=True)
+        sys.exit(outcome.exit_code)
 
 
-@click.command()
+@command()
 @json_option
 @pass_ctx
-def du(c: Ctx, as_json: bool) -> None:
+@with_store()
+def du(c: Ctx, store: Store, as_json: bool) -> None:
     """Per model: size, unique and shared bytes, last use, pinned."""
     from cachemgr.lifecycle.du import disk_usage
     from cachemgr.lifecycle.scan import scan
 
-    def go() -> None:
-        store = _existing(c)
-        report = disk_usage(scan(store, disk=False), time.time())
-        if as_json:
-            emit_json(report.to_json())
-            return
-        rows = [[m.handle, format_size(m.size), format_size(m.unique), format_size(m.shared), _when(m.last_use),
-                 m.pinned or "-"] for m in report.models]
-        click.echo(table(rows, ["HANDLE", "SIZE", "UNIQUE", "SHARED", "LAST USE", "PINNED"]))
-        click.echo(f"total {format_size(report.total)} in {report.blobs} blobs; "
-                   f"leftovers {format_size(report.leftover)}")
-
-    run_reporting(as_json, go)
+    report = disk_usage(scan(store, disk=False), time.time())
+    if as_json:
+        emit_json(report.to_json())
+        return
+    rows = [[m.handle, format_size(m.size), format_size(m.unique), format_size(m.shared), _when(m.last_use),
+             m.pinned or "-"] for m in report.models]
+    click.echo(table(rows, ["HANDLE", "SIZE", "UNIQUE", "SHARED", "LAST USE", "PINNED"]))
+    click.echo(f"total {format_size(report.total)} in {report.blobs} blobs; "
+               f"leftovers {format_size(report.leftover)}")
 
 
 COMMANDS = [pin, unpin, pins_cmd, prune, verify, du]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachemgr.errors import CachemgrError, OfflineMissError, StoreError
+from cachemgr.errors import CachemgrError, OfflineMissError, StoreError, UsageError
 from cachemgr.fetch.http import Fetcher, make_session
 from cachemgr.fetch.upstream import fetch_from_upstreams
 from cachemgr.handles import Handle, parse_handle, with_compressed_query
@@ -18,7 +18,6 @@ from cachemgr.ingest.publish import record_model, relink
 from cachemgr.ingest.unpack import ingest_directory, ingest_stream
 from cachemgr.progress import Bars
 from cachemgr.settings import Settings
-from cachemgr.store.fs import clean_stale_temps, remove_quietly
 from cachemgr.store.manifest import Limits
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
@@ -47,13 +46,14 @@ class PullResult:
         return doc
 
 
-def open_store(settings: Settings, clean: bool = True) -> Store:
-    """The store at ``settings.home``, created if needed, with stale temps collected."""
-    store = Store(settings.home)
-    store.create()
-    if clean:
-        clean_stale_temps(store.tmp, settings.temp_grace)
-    return store
+def pull_handles(settings: Settings, store: Store, texts: list[str], refresh: bool = False,
+                 bars: Bars | None = None) -> list[PullResult]:
+    """Pull ``texts`` concurrently, synchronously: for the CLI, pins and repair (the daemon has its loop)."""
+    puller = Puller(settings, store, bars)
+    try:
+        return asyncio.run(puller.pull_many(texts, refresh))
+    finally:
+        puller.close()
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -84,7 +84,6 @@ class Puller:
     async def pull_many(self, texts: list[str], refresh: bool = False) -> list[PullResult]:
         sem = asyncio.Semaphore(self.settings.concurrency)
         session = None if self.settings.offline else make_session(self.settings)
-        marker = self.store.new_temp("inflight")  # prune keeps refs written while this exists
         try:
             async def one(text: str) -> PullResult:
                 async with sem:
@@ -92,9 +91,9 @@ class Puller:
                         return await self.pull_one(text, session, refresh)
                     except CachemgrError as err:
                         return PullResult(text, "failed", error=err)
-            return list(await asyncio.gather(*(one(t) for t in texts)))
+            with self.store.in_flight():
+                return list(await asyncio.gather(*(one(t) for t in texts)))
         finally:
-            remove_quietly(marker)
             if session is not None:
                 await session.close()
 
@@ -179,17 +178,14 @@ def add_local(settings: Settings, store: Store, text: str, path: Path) -> PullRe
     handle = parse_handle(text)
     limits = limits_of(settings)
     name = str(path)
-    marker = store.new_temp("inflight")  # prune keeps refs written while this exists
-    try:
+    if not path.is_dir() and not path.is_file():
+        raise UsageError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a SavedModel directory")
+    with store.in_flight():
         if path.is_dir():
             result = ingest_directory(store, path, name, limits)
-        elif path.is_file():
+        else:
             with path.open("rb") as fh:
                 result = ingest_stream(store, fh, name, limits)
-        else:
-            raise StoreError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a directory")
         ref = record_model(store, handle, result, source="add", url=path.resolve().as_uri(),
                            archive_size=path.stat().st_size if path.is_file() else None)
-    finally:
-        remove_quietly(marker)
     return PullResult(text, "pulled", ref, None, result.new_blobs, result.new_bytes)

@@ -7,7 +7,6 @@ daemon prefetches ``wanted_handles``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -66,13 +65,9 @@ class PinOutcome:
 
 
 def _fetch(settings: Settings, store: Store, text: str) -> Ref:
-    from cachemgr.fetch.pull import Puller  # pull pulls in aiohttp; only pinning a missing handle needs it
+    from cachemgr.fetch.pull import pull_handles  # aiohttp: only pinning a missing handle needs it
 
-    puller = Puller(settings, store)
-    try:
-        result = asyncio.run(puller.pull_many([text]))[0]
-    finally:
-        puller.close()
+    (result,) = pull_handles(settings, store, [text])
     if result.error is not None:
         raise result.error
     assert result.ref is not None

@@ -259,8 +259,7 @@ def policy_from_settings(settings: Settings) -> PrunePolicy | None:
     if all(v is None for v in (settings.prune_max_size, settings.prune_min_free, settings.prune_unused_for,
                                settings.prune_keep_versions)):
         return None
-    return PrunePolicy(settings.prune_max_size, settings.prune_unused_for, settings.prune_keep_versions,
-                       settings.prune_min_free, settings.prune_grace, settings.temp_grace)
+    return PrunePolicy.from_settings(settings)
 
 
 def auto_prune(settings: Settings, store: Store, now: float | None = None) -> PruneResult | None:

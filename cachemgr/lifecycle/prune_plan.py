@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachemgr.lifecycle.scan import ModelRecord, StoreSnapshot
+from cachemgr.settings import Settings
 from cachemgr.units import format_size
 
 _SERIES = re.compile(r"^(.*)/([0-9]+)/?$")
@@ -38,6 +39,18 @@ class PrunePolicy:
     def to_json(self) -> dict[str, Any]:
         return {"max_size": self.max_size, "unused_for": self.unused_for, "keep_versions": self.keep_versions,
                 "min_free": self.min_free, "grace": self.grace}
+
+    @staticmethod
+    def from_settings(settings: Settings, *, max_size: int | None = None, unused_for: float | None = None,
+                      keep_versions: int | None = None, min_free: int | None = None,
+                      grace: float | None = None) -> PrunePolicy:
+        """The ``prune_*`` settings, each overridden by its flag when given (the one place a policy is built)."""
+        def pick(flag: Any, setting: Any) -> Any:
+            return setting if flag is None else flag
+
+        return PrunePolicy(pick(max_size, settings.prune_max_size), pick(unused_for, settings.prune_unused_for),
+                           pick(keep_versions, settings.prune_keep_versions), pick(min_free, settings.prune_min_free),
+                           pick(grace, settings.prune_grace), settings.temp_grace)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ read-only again.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -66,13 +65,9 @@ def _refetch(settings: Settings, store: Store, handles: list[str]) -> dict[str, 
     """Pull ``handles`` again; returns handle -> error message for the ones that failed."""
     if not handles:
         return {}
-    from cachemgr.fetch.pull import Puller
+    from cachemgr.fetch.pull import pull_handles  # aiohttp: only a re-fetch needs it
 
-    puller = Puller(settings, store)
-    try:
-        results = asyncio.run(puller.pull_many(handles, refresh=True))
-    finally:
-        puller.close()
+    results = pull_handles(settings, store, handles, refresh=True)
     return {r.asked: str(r.error) for r in results if r.error is not None}
 
 

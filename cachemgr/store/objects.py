@@ -21,10 +21,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from cachemgr.errors import StoreError, UnsafeManifestError
-from cachemgr.store.fs import atomic_write, disk_error, link_or_copy, remove_quietly, unique_name
+from cachemgr.errors import NoStoreError, StoreError, UnsafeManifestError
+from cachemgr.settings import Settings
+from cachemgr.store.fs import atomic_write, clean_stale_temps, disk_error, link_or_copy, remove_quietly, unique_name
 from cachemgr.store.manifest import Manifest, check_manifest
 from cachemgr.store.usage import hub_key, uses_dir
 
@@ -70,8 +72,9 @@ class Store:
             doc = json.loads(self.format_file().read_text())
             version = int(doc["format"])
         except FileNotFoundError:
-            raise StoreError(
-                f"{self.home} is not a cachemgr store; pull or import something first"
+            raise NoStoreError(
+                f"{self.home} is not a cachemgr store; check --home / CACHEMGR_HOME, or fill it first with "
+                "`cachemgr pull` or `cachemgr import`"
             ) from None
         except (ValueError, KeyError, TypeError):
             raise StoreError(f"{self.format_file()} is corrupt; restore it or run cachemgr verify") from None
@@ -98,6 +101,15 @@ class Store:
         path = self.tmp / unique_name(kind)
         path.mkdir()
         return path
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Mark a pull, add or import as running: prune keeps what it writes (a live temp is the mark)."""
+        marker = self.new_temp("inflight")
+        try:
+            yield
+        finally:
+            remove_quietly(marker)
 
     # -- blobs -------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -225,6 +237,25 @@ class Store:
             return self.publish_snapshot(tree, digest)
         finally:
             remove_quietly(staging)
+
+
+def open_store(settings: Settings, *, create: bool = True, missing_ok: bool = False, clean: bool = True) -> Store:
+    """The store at ``settings.home``, opened the one way every command and the daemon use.
+
+    ``create``: made if needed (for what fills a store). Otherwise it must exist
+    (NoStoreError), unless ``missing_ok``. An existing store's format is checked, and with
+    ``clean`` the stale temps of dead runs are collected.
+    """
+    store = Store(settings.home)
+    if create:
+        store.create()
+    elif store.exists():
+        store.check_format()
+    elif not missing_ok:
+        store.check_format()  # raises NoStoreError with the fix
+    if clean and store.exists():
+        clean_stale_temps(store.tmp, settings.temp_grace)
+    return store
 
 
 def _inside(tree: Path, rel: str) -> Path:

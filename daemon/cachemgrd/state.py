@@ -14,11 +14,12 @@ import aiohttp
 
 from cachemgr.errors import CachemgrError, StoreError
 from cachemgr.fetch.http import make_session
-from cachemgr.fetch.pull import Puller, PullResult, offline_miss, open_store
+from cachemgr.fetch.pull import Puller, PullResult, offline_miss
 from cachemgr.handles import parse_handle
 from cachemgr.ingest.publish import relink
 from cachemgr.settings import Settings, load_settings
 from cachemgr.store.fs import remove_quietly
+from cachemgr.store.objects import open_store
 from cachemgr.store.refs import RefIndex
 from cachemgr.store.usage import record_handle_use
 from cachemgr.store.view import hub_key

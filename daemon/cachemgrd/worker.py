@@ -26,8 +26,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cachemgr.errors import CachemgrError
-from cachemgr.fetch.pull import open_store
 from cachemgr.settings import Settings
+from cachemgr.store.objects import open_store
 from cachemgr.store.refs import RefIndex
 from cachemgrd.app import Handler, create_app
 from cachemgrd.counters import CounterSlot, SharedCounters
