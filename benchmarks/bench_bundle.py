@@ -33,8 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
+if __package__:  # imported as benchmarks.bench_bundle
+    from benchmarks import harness
+    from benchmarks.harness import MIB, REPO_ROOT
+else:  # run as a script: benchmarks/ itself is first on sys.path
+    import harness  # type: ignore[no-redef]
+    from harness import MIB, REPO_ROOT  # type: ignore[no-redef]
+
 EXPORT_TARGET = 1.2
 IMPORT_TARGET = 1.0
 
@@ -101,17 +106,12 @@ def prepare(workdir: Path, size_mb: int, models: int, rebuild: bool) -> None:
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall time and peak RSS (MiB, this process and its waited-for children) of ``cmd``."""
-    subprocess.run(["sync"], check=True)
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err}")
-    proc.returncode = 0
-    return {"seconds": wall, "rss_mib": usage.ru_maxrss / 1024}
+    """Wall time and peak RSS (MiB, the command and its waited-for children) of ``cmd``, after ``sync``."""
+    try:
+        res = harness.run_child(cmd, dict(os.environ) if env is None else env)
+    except harness.ChildError as exc:
+        raise SystemExit(f"benchmark command failed: {exc}") from None
+    return {"seconds": res.wall_s, "rss_mib": res.peak_rss_mib}
 
 
 def du(path: Path) -> int:
@@ -149,7 +149,7 @@ def one_round(work: Path, models: Path, store: Path, env: dict[str, str]) -> dic
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    for tool in ("tar", "zstd", "sha256sum", "sync"):
+    for tool in ("tar", "zstd", "sha256sum"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is required (apt-get install -y {'zstd' if tool == 'zstd' else 'coreutils'})")
     t0 = time.perf_counter()
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rebuild", action="store_true", help="build the models and store again")
     p.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.workdir = args.workdir.resolve()  # the timed commands run from the checkout's root
     if args.prepare_only:
         prepare(args.workdir, args.size_mb, args.models, args.rebuild)
         return 0

@@ -13,7 +13,7 @@ The archive (``tests/support/models.py:build_big_model`` + ``make_archive``, cac
   ``CACHEMGR_SOCKET`` set (the daemon fetches once for all of them).
 
 Every child imports tensorflow_hub (and the shim) first, prints ``ready`` and blocks reading
-its stdin. When all are ready (and the machine is idle, see bench_base.QuietGate) the parent
+its stdin. When all are ready (and the machine is idle, see harness.QuietGate) the parent
 notes ``go = time.time()`` and writes ``go`` to each. A child's figure is its ``time.time()``
 after ``hub.resolve`` returned minus ``go``. Reported: first and last process (medians over
 rounds), last(cachemgr)/last(hub) (target <= 0.4), and the downloads the server saw.
@@ -32,14 +32,17 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks.bench_common import ChildPipe, Daemon, bp, proc_cpu_seconds, pump, reap
-except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
-    from bench_common import ChildPipe, Daemon, bp, proc_cpu_seconds, pump, reap  # type: ignore[no-redef]
+if __package__:  # imported as benchmarks.bench_herd
+    from benchmarks import harness
+    from benchmarks.harness.daemons import Daemon
+else:  # run as a script: benchmarks/ itself is first on sys.path
+    import harness  # type: ignore[no-redef]
+    from harness.daemons import Daemon  # type: ignore[no-redef]
 
 KINDS = ("hub", "cachemgr")
 RATIO_TARGET = 0.4
@@ -110,24 +113,22 @@ def child_worker(kind: str, url: str) -> None:
     if kind == "cachemgr":
         from tensorflow_hub import registry
 
-        import cachemgr.shim as shim
+        import cachemgr.shim  # noqa: F401 - the public name users import: it registers the shim
+        from cachemgr.client import shim  # the same module (cachemgr.shim is an alias), typed
 
         impls = registry.resolver._impls
         if not (shim._registered and isinstance(impls[-1], shim.CachemgrResolver)):
             raise SystemExit("the cachemgr shim is not the first resolver")
-    print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        raise SystemExit("no go")
+    harness.await_go()
     start_wall, start = time.time(), time.monotonic()
     path = hub.resolve(url)
     seconds = time.monotonic() - start
     end_wall = time.time()
-    bp.emit({"start_wall": start_wall, "end_wall": end_wall, "seconds": seconds, "path": str(path),
-             "entries": len(os.listdir(path)), "pid": os.getpid()})
+    harness.emit({"start_wall": start_wall, "end_wall": end_wall, "seconds": seconds, "path": str(path),
+                 "entries": len(os.listdir(path)), "pid": os.getpid()})
 
 
-def self_cmd(kind: str, *args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", kind, *args]
+CHILDREN: dict[str, Callable[..., object]] = {"serve": child_serve, "worker": child_worker}
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,20 +154,11 @@ class Herd:
     paths: list[str] = field(default_factory=list)
 
 
-class CountingServer(bp.Server):
-    """bench_base's Server, run with this file's counting ``serve`` child."""
+class CountingServer(harness.Server):
+    """The harness's archive Server, run with this file's counting ``serve`` child."""
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
-        import subprocess
-
-        self.proc = subprocess.Popen(self_cmd("serve", str(root)), stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.isdigit():
-            self.stop()
-            raise bp.ChildError(f"archive server did not start (said {line!r})")
-        self.port = int(line)
+        super().__init__(root, env, harness.child_cmd(__file__, "serve", str(root)))
 
     def stats(self) -> dict[str, int]:
         import urllib.request
@@ -178,13 +170,13 @@ class CountingServer(bp.Server):
 
 
 def run_herd(kind: str, n: int, args: argparse.Namespace, url: str, env: dict[str, str], rundir: Path,
-             server: CountingServer, gate: bp.QuietGate) -> tuple[Herd, list[str]]:
+             server: CountingServer, gate: harness.QuietGate) -> tuple[Herd, list[str]]:
     """One herd of ``args.procs`` children of ``kind``; returns it and the problems seen."""
     work = rundir / f"{kind}-{n}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     daemon: Daemon | None = None
-    children: list[ChildPipe] = []
+    children: list[harness.ChildPipe] = []
     problems: list[str] = []
     try:
         if kind == "hub":
@@ -194,34 +186,29 @@ def run_herd(kind: str, n: int, args: argparse.Namespace, url: str, env: dict[st
         else:
             home = work / "home"
             daemon = Daemon(home, env)
-            child_env = {**env, "TFHUB_CACHE_DIR": str(home / "view"), "CACHEMGR_SOCKET": str(daemon.socket)}
+            child_env = {**env, "TFHUB_CACHE_DIR": str(home / "view"), "CACHEMGR_SOCKET": str(daemon.sock)}
         spawned = time.monotonic()
         for i in range(args.procs):
-            children.append(ChildPipe(self_cmd("worker", kind, url), child_env, work / f"child{i}.err", stdin=True))
-        if not pump(children, lambda c: "ready" in c.lines, CHILD_TIMEOUT):
-            bad = next((c for c in children if "ready" not in c.lines), children[0])
-            raise bp.ChildError(f"{kind} child not ready (exit {bad.proc.poll()}):\n{bad.stderr_tail()}")
+            cmd = harness.child_cmd(__file__, "worker", kind, url)
+            children.append(harness.ChildPipe(cmd, child_env, work / f"child{i}.err", stdin=True))
+        harness.wait_ready(children, kind, CHILD_TIMEOUT)
         ready_s = time.monotonic() - spawned
         os.sync()
         quiet = gate.wait()
         before = server.stats()
-        busy = bp.host_busy_seconds()
+        busy = harness.host_busy_seconds()
         cpu_before = server.cpu_seconds() + (daemon.cpu_seconds() if daemon else 0.0)
-        cpu_before += sum(proc_cpu_seconds(c.proc.pid) for c in children)
+        cpu_before += sum(harness.proc_cpu_seconds(c.proc.pid) for c in children)
         go = time.time()
         for c in children:
             c.send("go\n")
-        done = pump(children, lambda c: c.last_json() is not None, CHILD_TIMEOUT)
+        reports = harness.wait_results(children, kind, CHILD_TIMEOUT)
         cpu = server.cpu_seconds() + (daemon.cpu_seconds() if daemon else 0.0) - cpu_before
-        if not done:
-            bad = next((c for c in children if c.last_json() is None), children[0])
-            raise bp.ChildError(f"{kind} child gave no result (exit {bad.proc.poll()}):\n{bad.stderr_tail()}")
         after = server.stats()
-        reports = [c.last_json() or {} for c in children]
         for c in children:  # reap them here for their CPU time (they exit right after reporting)
-            cpu += reap(c.proc)
+            cpu += harness.reap(c.proc)
         wall = time.time() - go
-        busy = bp.host_busy_seconds() - busy
+        busy = harness.host_busy_seconds() - busy
         times = sorted(r["end_wall"] - go for r in reports)
         skew = max(r["start_wall"] for r in reports) - go
         paths = sorted({r["path"] for r in reports})
@@ -256,7 +243,7 @@ def compare(herds: list[Herd]) -> list[str]:
     cm = next((h for h in reversed(herds) if h.kind == "cachemgr"), None)
     if hub is None or cm is None or not hub.paths or not cm.paths:
         return []
-    return [f"tree: {p}" for p in bp.compare_trees(Path(os.path.realpath(cm.paths[0])), Path(hub.paths[0]))]
+    return [f"tree: {p}" for p in harness.compare_trees(Path(os.path.realpath(cm.paths[0])), Path(hub.paths[0]))]
 
 
 def summarize(herds: list[Herd]) -> dict[str, Any]:
@@ -320,7 +307,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="rounds (each runs both herds, order alternating)")
     p.add_argument("--size-mb", type=int, default=200, help="model size in MiB of float32 weights")
     p.add_argument("--rebuild", action="store_true", help="build the model archive again")
-    bp.add_common_args(p, quiet_wait=30.0)
+    harness.add_common_args(p, quiet_wait=30.0)
     args = p.parse_args(argv)
     if not 1 <= args.procs <= 64 or not 1 <= args.rounds <= 20 or args.size_mb < 1:
         p.error("--procs must be 1..64, --rounds 1..20, --size-mb >= 1")
@@ -328,26 +315,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> int:
-    workdir, env = bp.bench_env(args.workdir)
-    root, archive = bp.ensure_archive(workdir, args.size_mb, args.rebuild, env)
-    archive_bytes = archive.stat().st_size
-    with archive.open("rb") as fh:  # warm the page cache: every herd then downloads from memory
-        while fh.read(8 * bp.MIB):
-            pass
-    bp.log("warming imports (tensorflow_hub, cachemgr.shim), untimed")
-    bp.run_child([sys.executable, "-c", "import tensorflow_hub, cachemgr.shim, cachemgr.client.daemon_client"], env,
-                 timed=False)
+    workdir, env = harness.bench_env(args.workdir)
+    root, archive = harness.ensure_archive(workdir, args.size_mb, args.rebuild, env)
+    archive_bytes = archive.stat().st_size  # in the page cache now: every herd downloads it from memory
+    harness.log("warming imports (tensorflow_hub, cachemgr.shim), untimed")
+    harness.run_child([sys.executable, "-c", "import tensorflow_hub, cachemgr.shim, cachemgr.client.daemon_client"],
+                      env, timed=False)
     rundir = workdir / "herd"
     shutil.rmtree(rundir, ignore_errors=True)
     rundir.mkdir()
     try:
         server = CountingServer(root, env)
-    except bp.ChildError as exc:
-        bp.log(str(exc))
+    except harness.ChildError as exc:
+        harness.log(str(exc))
         return 2
-    url = f"http://127.0.0.1:{server.port}/{bp.URL_PATH}"
-    bp.log(f"serving {archive} ({archive_bytes / bp.MIB:.1f} MiB) at {url}")
-    gate = bp.QuietGate(args.quiet_wait)
+    url = f"http://127.0.0.1:{server.port}/{harness.URL_PATH}"
+    harness.log(f"serving {archive} ({archive_bytes / harness.MIB:.1f} MiB) at {url}")
+    gate = harness.QuietGate(args.quiet_wait)
     herds: list[Herd] = []
     problems: list[str] = []
     try:
@@ -356,15 +340,15 @@ def bench(args: argparse.Namespace) -> int:
                 herd, bad = run_herd(kind, n, args, url, env, rundir, server, gate)
                 herds.append(herd)
                 problems += bad
-                bp.log(f"round {n} {kind:8} first {herd.first_s:5.2f}s last {herd.last_s:5.2f}s "
-                       f"downloads {herd.downloads} (children ready in {herd.ready_s:.0f}s)"
-                       f"  other load {herd.other_load:.1f} cores"
-                       f"{'' if herd.quiet_start else '  (started busy)'}")
+                harness.log(f"round {n} {kind:8} first {herd.first_s:5.2f}s last {herd.last_s:5.2f}s "
+                            f"downloads {herd.downloads} (children ready in {herd.ready_s:.0f}s)"
+                            f"  other load {herd.other_load:.1f} cores"
+                            f"{'' if herd.quiet_start else '  (started busy)'}")
             problems += [f"round {n} {p}" for p in compare(herds[-2:])]
             for kind in KINDS:
                 shutil.rmtree(rundir / f"{kind}-{n}", ignore_errors=True)
-    except bp.ChildError as exc:
-        bp.log(str(exc))
+    except harness.ChildError as exc:
+        harness.log(str(exc))
         return 2
     finally:
         server.stop()
@@ -381,7 +365,7 @@ def bench(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=2))
     else:
-        print_table(summary, args, archive_bytes / bp.MIB)
+        print_table(summary, args, archive_bytes / harness.MIB)
         print("trees match (cachemgr vs hub): " + ("yes" if summary["trees_match"] else "NO"))
         for p in problems:
             print(f"  {p}")
@@ -392,14 +376,7 @@ def bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        kind, *rest = argv[1:]
-        if kind == "serve":
-            child_serve(rest[0])
-        elif kind == "worker":
-            child_worker(rest[0], rest[1])
-        else:
-            raise SystemExit(f"unknown child {kind}")
-        return 0
+        return harness.dispatch_child(argv[1:], CHILDREN)
     return bench(parse_args(argv))
 
 

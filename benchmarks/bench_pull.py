@@ -26,8 +26,8 @@ Exit status: 0 when every pull succeeded and the trees matched (targets are only
 
 This module is the pull benchmark itself (its children, its rounds, its report); the helpers
 it shares with the other benchmarks (child environment and runner, idle-machine gate, building
-and serving the archive, tree comparison) are in ``bench_base.py``. Besides its own children
-(``cachemgr``, ``hub``), ``--child`` here also runs bench_base's ``build`` and ``serve``.
+and serving the archive, tree comparison) are in ``harness/``. Besides its own children
+(``cachemgr``, ``hub``), ``--child`` here also runs the harness's ``build`` and ``serve``.
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks import bench_base as bp
-except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
-    import bench_base as bp  # type: ignore[no-redef]
+if __package__:  # imported as benchmarks.bench_pull
+    from benchmarks import harness
+else:  # run as a script: benchmarks/ itself is first on sys.path
+    import harness  # type: ignore[no-redef]
 
 RATIO_TARGET = 0.9
 RSS_TARGET_MIB = 200.0
@@ -65,9 +66,9 @@ def child_cachemgr(url: str, home: str) -> None:
 
     settings = load_settings(os.environ, None, {"home": home})
     store = open_store(settings)
-    before = bp.proc_status_kib()
-    reset = bp.reset_peak_rss()
-    cpu = bp.cpu_seconds()
+    before = harness.proc_status_kib()
+    reset = harness.reset_peak_rss()
+    cpu = harness.cpu_seconds()
     start = time.perf_counter()
     puller = Puller(settings, store)
     try:
@@ -75,12 +76,12 @@ def child_cachemgr(url: str, home: str) -> None:
     finally:
         puller.close()
     seconds = time.perf_counter() - start
-    cpu = bp.cpu_seconds() - cpu
-    after = bp.proc_status_kib()
+    cpu = harness.cpu_seconds() - cpu
+    after = harness.proc_status_kib()
     result = results[0]
     if result.error is not None or result.ref is None:
         raise SystemExit(f"cachemgr pull failed: {result.error}")
-    bp.emit({
+    harness.emit({
         "seconds": seconds,
         "cpu_seconds": cpu,
         "path": str(store.snapshot_path(result.ref.manifest)),
@@ -94,15 +95,15 @@ def child_hub(url: str) -> None:
     """``hub.resolve(url)`` in-process; TFHUB_CACHE_DIR comes from the environment."""
     import tensorflow_hub as hub
 
-    before = bp.proc_status_kib()
-    reset = bp.reset_peak_rss()
-    cpu = bp.cpu_seconds()
+    before = harness.proc_status_kib()
+    reset = harness.reset_peak_rss()
+    cpu = harness.cpu_seconds()
     start = time.perf_counter()
     path = hub.resolve(url)
     seconds = time.perf_counter() - start
-    cpu = bp.cpu_seconds() - cpu
-    after = bp.proc_status_kib()
-    bp.emit({
+    cpu = harness.cpu_seconds() - cpu
+    after = harness.proc_status_kib()
+    harness.emit({
         "seconds": seconds,
         "cpu_seconds": cpu,
         "path": str(path),
@@ -111,7 +112,8 @@ def child_hub(url: str) -> None:
     })
 
 
-CHILDREN = {"cachemgr": child_cachemgr, "hub": child_hub, **bp.CHILDREN}  # build, serve: bench_base's
+# Besides its own, the harness's children (build, serve): `bench_pull.py --child serve` as the README has it.
+CHILDREN: dict[str, Callable[..., object]] = {"cachemgr": child_cachemgr, "hub": child_hub, **harness.CHILDREN}
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,7 +127,7 @@ class Run:
     peak_rss_mib: float  # ru_maxrss of the whole child, from os.wait4
     cpu_s: float  # user + system CPU of the whole child, from os.wait4
     other_load: float  # cores busy with anything but this child and the server meanwhile
-    quiet_start: bool  # the machine was idle when the run started (see bp.QuietGate)
+    quiet_start: bool  # the machine was idle when the run started (see harness.QuietGate)
     inproc_s: float | None = None
     inproc_cpu_s: float | None = None
     rss_before_mib: float | None = None
@@ -133,12 +135,8 @@ class Run:
     path: str | None = None
 
 
-def self_cmd(kind: str, *args: str) -> list[str]:
-    return bp.child_cmd(__file__, kind, *args)
-
-
 def one_round(
-    n: int, url: str, runs_dir: Path, env: dict[str, str], server: bp.Server, gate: bp.QuietGate
+    n: int, url: str, runs_dir: Path, env: dict[str, str], server: harness.Server, gate: harness.QuietGate
 ) -> tuple[list[Run], list[str], int]:
     """One pull with each of KINDS (order rotated per round), then the tree comparison."""
     homes = {kind: runs_dir / f"{kind}-{n}" for kind in KINDS}
@@ -151,12 +149,13 @@ def one_round(
         os.sync()
         quiet = gate.wait()
         if kind == "cachemgr":
-            res = bp.run_child(self_cmd("cachemgr", url, str(home)), env, server=server)
+            res = harness.run_child(harness.child_cmd(__file__, "cachemgr", url, str(home)), env, server=server)
         elif kind == "hub":
             home.mkdir(parents=True)
-            res = bp.run_child(self_cmd("hub", url), {**env, "TFHUB_CACHE_DIR": str(home)}, server=server)
+            res = harness.run_child(harness.child_cmd(__file__, "hub", url), {**env, "TFHUB_CACHE_DIR": str(home)},
+                                    server=server)
         else:
-            res = bp.run_child([*bp.cachemgr_cmd(), "--home", str(home), "pull", url], env, server=server)
+            res = harness.run_child([*harness.cachemgr_cmd(), "--home", str(home), "pull", url], env, server=server)
         rep = res.report
         hwm = rep.get("hwm_during_kib")
         run = Run(
@@ -170,17 +169,17 @@ def one_round(
         runs.append(run)
         inproc = (f"  in-process {run.inproc_s:.2f}s (cpu {run.inproc_cpu_s:.2f}s)"
                   if run.inproc_s is not None and run.inproc_cpu_s is not None else "")
-        bp.log(f"round {n} {kind:8} wall {run.wall_s:5.2f}s{inproc}  peak RSS {run.peak_rss_mib:.0f} MiB"
-            f"  other load {run.other_load:.1f} cores")
+        harness.log(f"round {n} {kind:8} wall {run.wall_s:5.2f}s{inproc}  peak RSS {run.peak_rss_mib:.0f} MiB"
+                    f"  other load {run.other_load:.1f} cores")
     # Correctness: the CLI's snapshot (found with `cachemgr path`) against hub's directory.
-    snap = bp.run_child([*bp.cachemgr_cmd(), "--home", str(homes["cli"]), "path", url], env, timed=False)
+    snap = harness.run_child([*harness.cachemgr_cmd(), "--home", str(homes["cli"]), "path", url], env, timed=False)
     snapshot = Path(snap.stdout.strip().splitlines()[-1])
     hub_path = next(r.path for r in runs if r.kind == "hub")
     assert hub_path is not None
-    problems = bp.compare_trees(snapshot, Path(hub_path))
-    unpacked = sum(bp.tree_listing(snapshot).values())
+    problems = harness.compare_trees(snapshot, Path(hub_path))
+    unpacked = sum(harness.tree_listing(snapshot).values())
     in_proc = next(r.path for r in runs if r.kind == "cachemgr")
-    if in_proc is not None and bp.tree_listing(Path(in_proc)) != bp.tree_listing(snapshot):
+    if in_proc is not None and harness.tree_listing(Path(in_proc)) != harness.tree_listing(snapshot):
         problems.append("the in-process pull and the CLI pull gave different trees")
     for path in homes.values():
         shutil.rmtree(path, ignore_errors=True)
@@ -206,14 +205,14 @@ def summarize(runs: list[Run], archive_bytes: int, unpacked_bytes: int) -> dict[
     cm_rss = max(pick("cachemgr", "peak_rss_mib") + pick("cli", "peak_rss_mib"))
     ratio = cm_s / hub_s
     return {
-        "archive_mib": archive_bytes / bp.MIB,
-        "unpacked_mib": unpacked_bytes / bp.MIB,
+        "archive_mib": archive_bytes / harness.MIB,
+        "unpacked_mib": unpacked_bytes / harness.MIB,
         "cachemgr_median_s": cm_s,
         "hub_median_s": hub_s,
         "cachemgr_best_s": min(pick("cachemgr", "inproc_s")),
         "hub_best_s": min(pick("hub", "inproc_s")),
-        "cachemgr_mib_per_s": archive_bytes / bp.MIB / cm_s,
-        "hub_mib_per_s": archive_bytes / bp.MIB / hub_s,
+        "cachemgr_mib_per_s": archive_bytes / harness.MIB / cm_s,
+        "hub_mib_per_s": archive_bytes / harness.MIB / hub_s,
         "ratio": ratio,
         "ratio_target": RATIO_TARGET,
         "ratio_ok": ratio <= RATIO_TARGET,
@@ -272,7 +271,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size-mb", type=int, default=200, help="model size in MiB of float32 weights")
     p.add_argument("--runs", type=int, default=3, help="rounds (each pulls with all three)")
     p.add_argument("--rebuild", action="store_true", help="build the model archive again")
-    bp.add_common_args(p, quiet_wait=45.0)
+    harness.add_common_args(p, quiet_wait=45.0)
     args = p.parse_args(argv)
     if args.size_mb < 1 or args.runs < 1:
         p.error("--size-mb and --runs must be at least 1")
@@ -280,27 +279,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> int:
-    workdir, env = bp.bench_env(args.workdir)
-    root, archive = bp.ensure_archive(workdir, args.size_mb, args.rebuild, env)
-    archive_bytes = archive.stat().st_size
-    with archive.open("rb") as fh:  # warm the page cache: every run then serves from memory
-        while fh.read(8 * bp.MIB):
-            pass
-    bp.log("warming imports (tensorflow_hub, cachemgr), untimed")
-    bp.run_child([sys.executable, "-c", "import tensorflow_hub"], env, timed=False)
-    bp.run_child([sys.executable, "-c", "import cachemgr.fetch.pull"], env, timed=False)
+    workdir, env = harness.bench_env(args.workdir)
+    root, archive = harness.ensure_archive(workdir, args.size_mb, args.rebuild, env)
+    archive_bytes = archive.stat().st_size  # in the page cache now: every run serves it from memory
+    harness.log("warming imports (tensorflow_hub, cachemgr), untimed")
+    harness.run_child([sys.executable, "-c", "import tensorflow_hub"], env, timed=False)
+    harness.run_child([sys.executable, "-c", "import cachemgr.fetch.pull"], env, timed=False)
 
     runs_dir = workdir / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)
     runs_dir.mkdir()
     try:
-        server = bp.Server(root, env)
-    except bp.ChildError as exc:
-        bp.log(str(exc))
+        server = harness.Server(root, env)
+    except harness.ChildError as exc:
+        harness.log(str(exc))
         return 2
-    gate = bp.QuietGate(args.quiet_wait)
-    url = f"http://127.0.0.1:{server.port}/{bp.URL_PATH}"
-    bp.log(f"serving {archive} ({archive_bytes / bp.MIB:.1f} MiB) at {url}")
+    gate = harness.QuietGate(args.quiet_wait)
+    url = f"http://127.0.0.1:{server.port}/{harness.URL_PATH}"
+    harness.log(f"serving {archive} ({archive_bytes / harness.MIB:.1f} MiB) at {url}")
     all_runs: list[Run] = []
     problems: list[str] = []
     unpacked = 0
@@ -309,8 +305,8 @@ def bench(args: argparse.Namespace) -> int:
             runs, bad, unpacked = one_round(n, url, runs_dir, env, server, gate)
             all_runs += runs
             problems += [f"round {n}: {b}" for b in bad]
-    except bp.ChildError as exc:
-        bp.log(str(exc))
+    except harness.ChildError as exc:
+        harness.log(str(exc))
         return 2
     finally:
         server.stop()
@@ -339,7 +335,7 @@ def bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        return bp.dispatch_child(argv[1:], CHILDREN)
+        return harness.dispatch_child(argv[1:], CHILDREN)
     return bench(parse_args(argv))
 
 

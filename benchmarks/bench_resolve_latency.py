@@ -59,12 +59,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks.bench_common import Daemon, bp, ensure_small_models, percentiles
+if __package__:  # imported as benchmarks.bench_resolve_latency
+    from benchmarks import harness
+    from benchmarks.harness.daemons import Daemon
     from benchmarks.latency_load import FETCH_LEAD, FETCH_TIMEOUT, LOAD_TIMEOUT, load_cmd
     from benchmarks.latency_report import failures, other_load, print_setting, print_summary, summarize
-except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
-    from bench_common import Daemon, bp, ensure_small_models, percentiles  # type: ignore[no-redef]
+else:  # run as a script: benchmarks/ itself is first on sys.path
+    import harness  # type: ignore[no-redef]
+    from harness.daemons import Daemon  # type: ignore[no-redef]
     from latency_load import FETCH_LEAD, FETCH_TIMEOUT, LOAD_TIMEOUT, load_cmd  # type: ignore[no-redef]
     from latency_report import failures, other_load, print_setting, print_summary, summarize  # type: ignore[no-redef]
 
@@ -88,7 +90,7 @@ def expected_processes(setting: str) -> int:
 def run_load(daemon: Daemon, endpoint: str, concurrency: int, per_client: int, args: argparse.Namespace,
              env: dict[str, str], handles: list[str], rate: float = 0.0,
              fetch_handle: str | None = None) -> dict[str, Any]:
-    cfg = {"sock": str(daemon.socket), "endpoint": endpoint,
+    cfg = {"sock": str(daemon.sock), "endpoint": endpoint,
            "client": "raw" if rate or fetch_handle else args.client, "concurrency": concurrency,
            "per_client": per_client, "keepalive": not args.fresh_connections, "rate": rate, "handles": handles,
            "fetch_handle": fetch_handle, "lead": FETCH_LEAD if fetch_handle else 0.0, "daemon_pid": daemon.pid}
@@ -97,9 +99,9 @@ def run_load(daemon: Daemon, endpoint: str, concurrency: int, per_client: int, a
         proc = subprocess.run(load_cmd(cfg), capture_output=True, env=env, timeout=timeout,
                               check=False)
     except subprocess.TimeoutExpired as exc:  # run() killed it
-        raise bp.ChildError(f"load generator still running after {timeout:.0f} s") from exc
+        raise harness.ChildError(f"load generator still running after {timeout:.0f} s") from exc
     if proc.returncode != 0:
-        raise bp.ChildError(f"load generator exited {proc.returncode}:\n{proc.stderr.decode()[-3000:]}")
+        raise harness.ChildError(f"load generator exited {proc.returncode}:\n{proc.stderr.decode()[-3000:]}")
     doc: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     doc["latencies_ms"] = [x for v in doc["latencies_by_pid"].values() for x in v]
     doc["primary_pid"] = daemon.pid
@@ -127,7 +129,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fetch-max-requests", type=int, default=3000,
                    help="at most this many requests per client while a fetch runs")
     p.add_argument("--size-mb", type=int, default=200, help="size of the fetched model (MiB of float32 weights)")
-    bp.add_common_args(p, quiet_wait=30.0)
+    harness.add_common_args(p, quiet_wait=30.0)
     args = p.parse_args(argv)
     try:
         args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
@@ -156,7 +158,7 @@ class Bench:
         self.workdir = workdir
         self.env = env
         self.asked = asked
-        self.gate = bp.QuietGate(args.quiet_wait)
+        self.gate = harness.QuietGate(args.quiet_wait)
         self.busy_starts = 0
         self.problems: list[str] = []
         self.results: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
@@ -189,18 +191,18 @@ class Bench:
         for h in self.asked:  # every handle resolves as a hit, and the view links exist before timing
             status, doc = daemon.call("POST", "/v1/resolve", {"handle": h})
             if status != 200 or doc.get("fetched") is not False:
-                raise bp.ChildError(f"warm-up resolve of {h} on workers={label} said {status} {doc}")
+                raise harness.ChildError(f"warm-up resolve of {h} on workers={label} said {status} {doc}")
         for endpoint in ("health", "resolve"):
             run_load(daemon, endpoint, self.args.concurrency, 2, self.args, self.env, self.asked)
 
     def log_run(self, what: str, label: str, doc: dict[str, Any]) -> None:
-        st = percentiles(doc["latencies_ms"])
-        bp.log(f"{what} workers={label}: p50 {st['p50']:.2f} ms p99 {st['p99']:.2f} ms max {st['max']:.2f} ms, "
-               f"{len(doc['latencies_ms']) / doc['seconds']:.0f} req/s, daemon "
-               f"{doc['daemon_cpu_seconds'] / doc['seconds']:.2f} cores (workers "
-               f"{doc['daemon_worker_cpu_seconds'] / doc['seconds']:.2f}), generator "
-               f"{doc['cpu_seconds'] / doc['seconds']:.2f}, others {other_load(doc):.2f}, "
-               f"conns by pid {doc['connections_by_pid']}")
+        st = harness.percentiles(doc["latencies_ms"])
+        harness.log(f"{what} workers={label}: p50 {st['p50']:.2f} ms p99 {st['p99']:.2f} ms max {st['max']:.2f} ms, "
+                    f"{len(doc['latencies_ms']) / doc['seconds']:.0f} req/s, daemon "
+                    f"{doc['daemon_cpu_seconds'] / doc['seconds']:.2f} cores (workers "
+                    f"{doc['daemon_worker_cpu_seconds'] / doc['seconds']:.2f}), generator "
+                    f"{doc['cpu_seconds'] / doc['seconds']:.2f}, others {other_load(doc):.2f}, "
+                    f"conns by pid {doc['connections_by_pid']}")
 
     def hit_phases(self, home: Path) -> None:
         """The closed-loop rounds, then the serial and open-loop runs, on one daemon per setting."""
@@ -213,8 +215,8 @@ class Bench:
                 doc = self.check_workers(label, daemons[label], "hit phases")
                 self.info[label] = {"pid": daemons[label].pid, "workers": doc.get("workers"),
                                     "processes": 1 + len(doc.get("workers") or [])}
-                bp.log(f"workers={label}: daemon pid {daemons[label].pid}, workers {doc.get('workers')} "
-                       f"on {daemons[label].socket}")
+                harness.log(f"workers={label}: daemon pid {daemons[label].pid}, workers {doc.get('workers')} "
+                            f"on {daemons[label].sock}")
             order = list(args.workers)
             for n in range(args.rounds):
                 for i, label in enumerate(order if n % 2 == 0 else order[::-1]):
@@ -249,14 +251,11 @@ class Bench:
     def fetch_phase(self, scratch: Path, added: list[str], archives: list[Path]) -> float:
         """Per setting (order alternating per round): hits while a fresh daemon fetches the big model."""
         args = self.args
-        root, archive = bp.ensure_archive(self.workdir, args.size_mb, False, self.env)
-        with archive.open("rb") as fh:  # warm the page cache: every fetch then downloads from memory
-            while fh.read(8 * bp.MIB):
-                pass
+        root, archive = harness.ensure_archive(self.workdir, args.size_mb, False, self.env)  # page-cached
         online = {k: v for k, v in self.env.items() if k != "CACHEMGR_OFFLINE"}
-        server = bp.Server(root, online)
-        url = f"http://127.0.0.1:{server.port}/{bp.URL_PATH}"
-        bp.log(f"fetch phase: serving {archive} ({archive.stat().st_size / bp.MIB:.1f} MiB) at {url}")
+        server = harness.Server(root, online)
+        url = f"http://127.0.0.1:{server.port}/{harness.URL_PATH}"
+        harness.log(f"fetch phase: serving {archive} ({archive.stat().st_size / harness.MIB:.1f} MiB) at {url}")
         try:
             modes = [("closed_loop", 0.0)] + ([("open_loop", args.fetch_rate)] if args.fetch_rate else [])
             for n in range(args.fetch_rounds):
@@ -266,7 +265,7 @@ class Bench:
                                        archives, online)
         finally:
             server.stop()
-        return archive.stat().st_size / bp.MIB
+        return archive.stat().st_size / harness.MIB
 
     def one_fetch(self, home: Path, label: str, n: int, mode: str, rate: float, url: str, added: list[str],
                   archives: list[Path], env: dict[str, str]) -> None:
@@ -308,13 +307,13 @@ class Bench:
 def add_models(home: Path, added: list[str], archives: list[Path], env: dict[str, str]) -> None:
     shutil.rmtree(home, ignore_errors=True)
     for handle, archive in zip(added, archives, strict=True):
-        bp.run_child([*bp.cachemgr_cmd(), "--home", str(home), "add", handle, str(archive)], env, timed=False)
+        harness.cachemgr_add(home, handle, archive, env)
 
 
 def bench(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    workdir, env = bp.bench_env(args.workdir, {"CACHEMGR_OFFLINE": "1"})
-    models = ensure_small_models(workdir, [float(i + 2) for i in range(MODELS)], env)
+    workdir, env = harness.bench_env(args.workdir, {"CACHEMGR_OFFLINE": "1"})
+    models = harness.ensure_small_models(workdir, [float(i + 2) for i in range(MODELS)], env)
     archives = [a for _d, a in models]
     added, asked = hit_handles(MODELS)
     scratch = workdir / "latency"
@@ -327,8 +326,8 @@ def bench(args: argparse.Namespace) -> int:
         b.hit_phases(home)
         if args.fetch_phase:
             archive_mib = b.fetch_phase(scratch, added, archives)
-    except bp.ChildError as exc:
-        bp.log(str(exc))
+    except harness.ChildError as exc:
+        harness.log(str(exc))
         return 2
     summary = summarize(b, archive_mib)
     summary["wall_s"] = time.monotonic() - started

@@ -37,10 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks.bench_common import ChildPipe, bp, ensure_small_models, percentiles, pump, reap
-except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
-    from bench_common import ChildPipe, bp, ensure_small_models, percentiles, pump, reap  # type: ignore[no-redef]
+if __package__:  # imported as benchmarks.bench_shim_hit
+    from benchmarks import harness
+else:  # run as a script: benchmarks/ itself is first on sys.path
+    import harness  # type: ignore[no-redef]
 
 HANDLE = "http://127.0.0.1:9/bench/mymul/1"
 INIT = 3.0
@@ -71,14 +71,13 @@ def child_time(kind: str, handle: str, expected: str, iterations: str, warmup: s
     if kind == "shim":
         from tensorflow_hub import registry
 
-        import cachemgr.shim as shim
+        import cachemgr.shim  # noqa: F401 - the public name users import: it registers the shim
+        from cachemgr.client import shim  # the same module (cachemgr.shim is an alias), typed
 
         if not (shim._registered and isinstance(registry.resolver._impls[-1], shim.CachemgrResolver)):
             raise SystemExit("the cachemgr shim is not the first resolver")
         warnings.simplefilter("error", RuntimeWarning)  # a miss would warn and fall back: fail instead
-    print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        raise SystemExit("no go")
+    harness.await_go()
     t0 = time.perf_counter_ns()
     first = hub.resolve(handle)
     first_us = (time.perf_counter_ns() - t0) / 1000
@@ -98,9 +97,9 @@ def child_time(kind: str, handle: str, expected: str, iterations: str, warmup: s
         resolver = registry.resolver._impls[-1]
         n = int(iterations)
         parts = {
-            "resolver_call": percentiles(_time_calls(resolver, handle, n)),
-            "nonempty_dir": percentiles(_time_calls(shim._nonempty_dir, path, n)),
-            "record_use": percentiles(_time_calls(lambda _: shim._record_use(cache_dir, name), None, n)),
+            "resolver_call": harness.percentiles(_time_calls(resolver, handle, n)),
+            "nonempty_dir": harness.percentiles(_time_calls(shim._nonempty_dir, path, n)),
+            "record_use": harness.percentiles(_time_calls(lambda _: shim._record_use(cache_dir, name), None, n)),
         }
     import tensorflow as tf
 
@@ -108,12 +107,11 @@ def child_time(kind: str, handle: str, expected: str, iterations: str, warmup: s
     model = hub.load(handle)
     load_s = (time.perf_counter_ns() - t0) / 1e9
     answer = float(model(tf.constant([2.0]))[0])
-    bp.emit({"first_call_us": first_us, "calls_us": percentiles(calls), "load_s": load_s, "answer": answer,
+    harness.emit({"first_call_us": first_us, "calls_us": harness.percentiles(calls), "load_s": load_s, "answer": answer,
              "parts_us": parts, "path": first})
 
 
-def self_cmd(kind: str, *args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child", kind, *args]
+CHILDREN = {"time": child_time}
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,23 +119,23 @@ def self_cmd(kind: str, *args: str) -> list[str]:
 # ---------------------------------------------------------------------------------------
 def prepare(workdir: Path, env: dict[str, str]) -> tuple[Path, Path, Path]:
     """A store with the model under HANDLE and a plain hub cache with the same model extracted."""
-    [(_model, archive)] = ensure_small_models(workdir, [INIT], env)
+    [(_model, archive)] = harness.ensure_small_models(workdir, [INIT], env)
     scratch = workdir / "shimhit"
     shutil.rmtree(scratch, ignore_errors=True)
     home, plain = scratch / "home", scratch / "tfhub"
-    bp.run_child([*bp.cachemgr_cmd(), "--home", str(home), "add", HANDLE, str(archive)], env, timed=False)
+    harness.cachemgr_add(home, HANDLE, archive, env)
     name = hashlib.sha1(HANDLE.encode()).hexdigest()
     (plain / name).mkdir(parents=True)
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(plain / name, filter="data")
     (plain / f"{name}.descriptor.txt").write_text(f"Module: {HANDLE}\n")
     if not (home / "view" / name).is_dir():
-        raise bp.ChildError(f"cachemgr add did not link view/{name}")
+        raise harness.ChildError(f"cachemgr add did not link view/{name}")
     return scratch, home, plain
 
 
 def run_kind(kind: str, args: argparse.Namespace, env: dict[str, str], scratch: Path, home: Path, plain: Path,
-             gate: bp.QuietGate) -> tuple[dict[str, Any], bool]:
+             gate: harness.QuietGate) -> tuple[dict[str, Any], bool]:
     name = hashlib.sha1(HANDLE.encode()).hexdigest()
     if kind == "plain":
         cache = plain
@@ -145,21 +143,18 @@ def run_kind(kind: str, args: argparse.Namespace, env: dict[str, str], scratch: 
     else:
         cache = home / "view"
         child_env = {**env, "TFHUB_CACHE_DIR": str(cache), "CACHEMGR_SOCKET": str(scratch / "no-daemon.sock")}
-    cmd = self_cmd("time", kind, HANDLE, str(cache / name), str(args.iterations), str(args.warmup))
-    child = ChildPipe(cmd, child_env, scratch / f"{kind}.err", stdin=True)
+    cmd = harness.child_cmd(__file__, "time", kind, HANDLE, str(cache / name), str(args.iterations), str(args.warmup))
+    child = harness.ChildPipe(cmd, child_env, scratch / f"{kind}.err", stdin=True)
     try:
-        if not pump([child], lambda c: "ready" in c.lines, CHILD_TIMEOUT):
-            raise bp.ChildError(f"{kind} child not ready (exit {child.proc.poll()}):\n{child.stderr_tail()}")
+        harness.wait_ready([child], kind, CHILD_TIMEOUT)
         quiet = gate.wait()
-        busy = bp.host_busy_seconds()
+        busy = harness.host_busy_seconds()
         start = time.perf_counter()
         child.send("go\n")
-        if not pump([child], lambda c: c.last_json() is not None, CHILD_TIMEOUT):
-            raise bp.ChildError(f"{kind} child gave no result (exit {child.proc.poll()}):\n{child.stderr_tail()}")
+        [doc] = harness.wait_results([child], kind, CHILD_TIMEOUT)
         wall = time.perf_counter() - start
-        busy = bp.host_busy_seconds() - busy
-        doc = child.last_json() or {}
-        reap(child.proc)
+        busy = harness.host_busy_seconds() - busy
+        harness.reap(child.proc)
         doc["other_load"] = max(0.0, busy - wall) / wall  # the child keeps about one core busy
         return doc, quiet
     finally:
@@ -220,7 +215,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=2000, help="timed hub.resolve calls per child")
     p.add_argument("--warmup", type=int, default=200, help="untimed calls first")
     p.add_argument("--rounds", type=int, default=3, help="rounds (each runs both children, order alternating)")
-    bp.add_common_args(p, quiet_wait=30.0)
+    harness.add_common_args(p, quiet_wait=30.0)
     args = p.parse_args(argv)
     if not (2 <= args.iterations <= 200_000 and 0 <= args.warmup <= 100_000 and 1 <= args.rounds <= 20):
         p.error("--iterations 2..200000, --warmup 0..100000, --rounds 1..20")
@@ -228,13 +223,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def bench(args: argparse.Namespace) -> int:
-    workdir, env = bp.bench_env(args.workdir)
+    workdir, env = harness.bench_env(args.workdir)
     try:
         scratch, home, plain = prepare(workdir, env)
-    except bp.ChildError as exc:
-        bp.log(str(exc))
+    except harness.ChildError as exc:
+        harness.log(str(exc))
         return 2
-    gate = bp.QuietGate(args.quiet_wait)
+    gate = harness.QuietGate(args.quiet_wait)
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     problems: list[str] = []
     busy_starts = 0
@@ -247,11 +242,11 @@ def bench(args: argparse.Namespace) -> int:
                 if abs(doc["answer"] - 2 * INIT) > 1e-6:
                     problems.append(f"{kind} round {n}: the model answered {doc['answer']} (want {2 * INIT})")
                 c = doc["calls_us"]
-                bp.log(f"round {n} {kind:5}: median {c['p50']:.1f} us p99 {c['p99']:.1f} us, first call "
-                       f"{doc['first_call_us']:.0f} us, hub.load {doc['load_s']:.3f} s, other load "
-                       f"{doc['other_load']:.1f} cores")
-    except bp.ChildError as exc:
-        bp.log(str(exc))
+                harness.log(f"round {n} {kind:5}: median {c['p50']:.1f} us p99 {c['p99']:.1f} us, first call "
+                            f"{doc['first_call_us']:.0f} us, hub.load {doc['load_s']:.3f} s, other load "
+                            f"{doc['other_load']:.1f} cores")
+    except harness.ChildError as exc:
+        harness.log(str(exc))
         return 2
     summary = summarize(runs)
     summary["runs_started_busy"] = busy_starts
@@ -272,11 +267,7 @@ def bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        kind, *rest = argv[1:]
-        if kind != "time":
-            raise SystemExit(f"unknown child {kind}")
-        child_time(*rest)
-        return 0
+        return harness.dispatch_child(argv[1:], CHILDREN)
     return bench(parse_args(argv))
 
 

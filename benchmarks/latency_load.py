@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks.bench_common import bp, tree_cpu_seconds
-except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
-    from bench_common import bp, tree_cpu_seconds  # type: ignore[no-redef]
+if __package__:  # imported as benchmarks.latency_load
+    from benchmarks import harness
+else:  # run as a script, or imported by one: benchmarks/ itself is first on sys.path
+    import harness  # type: ignore[no-redef]
 
 LOAD_TIMEOUT = 180.0  # a load child's whole run
 FETCH_TIMEOUT = 150.0  # the big resolve of the fetch phase
@@ -80,7 +80,8 @@ async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
 
     def sample() -> tuple[float, float, dict[int, float], float]:
         """Now, this process's CPU, the daemon tree's (primary and workers) and the machine's busy time."""
-        return time.perf_counter(), bp.cpu_seconds(), tree_cpu_seconds(daemon_pid), bp.host_busy_seconds()
+        now, cpu = time.perf_counter(), harness.cpu_seconds()
+        return now, cpu, harness.tree_cpu_seconds(daemon_pid), harness.host_busy_seconds()
 
     window: list[tuple[float, float, dict[int, float], float]] = []  # where the figures start
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         raise SystemExit("usage: latency_load.py CONFIG_JSON")
-    bp.emit(asyncio.run(_load(json.loads(argv[0]))))
+    harness.emit(asyncio.run(_load(json.loads(argv[0]))))
     return 0
 
 

@@ -9,11 +9,11 @@ import argparse
 import statistics
 from typing import TYPE_CHECKING, Any
 
-try:
-    from benchmarks.bench_common import percentiles
+if __package__:  # imported as benchmarks.latency_report
+    from benchmarks.harness import percentiles
     from benchmarks.latency_load import FETCH_LEAD
-except ImportError:  # run as a script: benchmarks/ itself is first on sys.path
-    from bench_common import percentiles  # type: ignore[no-redef]
+else:  # imported by a script: benchmarks/ itself is first on sys.path
+    from harness import percentiles  # type: ignore[no-redef]
     from latency_load import FETCH_LEAD  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
