@@ -61,8 +61,9 @@ def child_cachemgr(url: str, home: str) -> None:
     """Pull ``url`` into the store ``home`` in-process, the way ``cachemgr pull`` does."""
     import asyncio
 
-    from cachemgr.fetch.pull import Puller, open_store
+    from cachemgr.fetch.pull import Puller
     from cachemgr.settings import load_settings
+    from cachemgr.store.objects import open_store
 
     settings = load_settings(os.environ, None, {"home": home})
     store = open_store(settings)
