@@ -44,7 +44,7 @@ class BundleManifest:
     refs: tuple[Ref, ...]
     manifests: dict[str, Manifest]
     blobs: tuple[BlobEntry, ...]
-    # Filled by `export --with-pins` once the lifecycle pins exist; None = not carried.
+    # The pins carried by `export --with-pins`; None = not carried.
     pins: list[dict[str, Any]] | None = None
     # Describes the inventory a delta was made against (None for a full bundle).
     base: dict[str, Any] | None = field(default=None)

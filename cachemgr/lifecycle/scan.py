@@ -17,10 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from cachemgr.store.fs import _HOST, owner_of, pid_alive
+from cachemgr.errors import CachemgrError
+from cachemgr.store.fs import owner_of, pid_alive
+from cachemgr.store.manifest import parse_manifest
 from cachemgr.store.objects import Store
 from cachemgr.store.pins import Pin, read_pins
-from cachemgr.store.usage import last_use_of, last_uses
+from cachemgr.store.refs import Ref
+from cachemgr.store.usage import host_tag, last_use_of, last_uses
 
 TempOwner = Literal["live", "dead", "foreign"]
 
@@ -91,11 +94,11 @@ def _mtime(path: str) -> float | None:
 def _read_manifest(path: str, digest: str, mtime: float) -> ManifestRecord:
     try:
         with open(path, "rb") as fh:
-            doc = json.loads(fh.read())
-        sizes = {str(f[3]): int(f[2]) for f in doc["files"]}
-        return ManifestRecord(digest, tuple(sorted(sizes.items())), mtime)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+            manifest = parse_manifest(fh.read(), path)
+    except (OSError, CachemgrError):
         return ManifestRecord(digest, (), mtime, readable=False)
+    sizes = {f.sha256: f.size for f in manifest.files}
+    return ManifestRecord(digest, tuple(sorted(sizes.items())), mtime)
 
 
 def scan_models(store: Store, uses: dict[str, float] | None = None) -> tuple[list[ModelRecord], int]:
@@ -114,15 +117,12 @@ def scan_models(store: Store, uses: dict[str, float] | None = None) -> tuple[lis
         try:
             with open(entry.path, "rb") as fh:
                 mtime = os.fstat(fh.fileno()).st_mtime
-                doc = json.loads(fh.read())
-            aliases = tuple(doc.get("aliases", ()))
-            out.append(ModelRecord(
-                str(doc["handle"]), str(doc["manifest"]), aliases, int(doc.get("size", 0)),
-                float(doc.get("fetched_at", 0.0)), mtime, last_use_of(aliases, uses),
-            ))
+                ref = Ref.from_json(json.loads(fh.read()))
+            out.append(ModelRecord(ref.handle, ref.manifest, ref.aliases, ref.size, ref.fetched_at, mtime,
+                                   last_use_of(ref.aliases, uses)))
         except FileNotFoundError:
             continue
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, TypeError):
             bad += 1
     out.sort(key=lambda m: m.handle)
     return out, bad
@@ -141,7 +141,7 @@ def scan_temps(store: Store) -> list[TempRecord]:
             continue
         owner = owner_of(entry.name)
         kind: TempOwner = "foreign"
-        if owner is not None and owner[0] == _HOST:
+        if owner is not None and owner[0] == host_tag():
             kind = "live" if owner[1] == os.getpid() or pid_alive(owner[1]) else "dead"
         out.append(TempRecord(entry.name, mtime, kind))
     return out

@@ -9,19 +9,17 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
 
 from cachemgr.errors import StoreError
-
-_HOST = socket.gethostname().replace(".", "_") or "host"
+from cachemgr.store.usage import host_tag
 
 
 def unique_name(kind: str) -> str:
     """``kind.host.pid.uuid``: unique across hosts; tells a later run who owned it."""
-    return f"{kind}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:16]}"
+    return f"{kind}.{host_tag()}.{os.getpid()}.{uuid.uuid4().hex[:16]}"
 
 
 def owner_of(name: str) -> tuple[str, int] | None:
@@ -120,7 +118,7 @@ def clean_stale_temps(tmp_dir: Path, grace: float, now: float | None = None) -> 
         return removed
     for entry in entries:
         owner = owner_of(entry.name)
-        dead = owner is not None and owner[0] == _HOST and not pid_alive(owner[1])
+        dead = owner is not None and owner[0] == host_tag() and not pid_alive(owner[1])
         try:
             old = now - entry.stat(follow_symlinks=False).st_mtime > grace
         except FileNotFoundError:

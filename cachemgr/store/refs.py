@@ -17,6 +17,7 @@ from typing import Any
 from cachemgr.errors import HandleError, NotCachedError, StoreError
 from cachemgr.handles import Handle, parse_handle
 from cachemgr.store.fs import atomic_write
+from cachemgr.store.manifest import is_digest
 from cachemgr.store.objects import Store
 
 
@@ -47,11 +48,47 @@ class Ref:
         return doc
 
     @staticmethod
-    def from_json(doc: dict[str, Any]) -> Ref:
-        doc = dict(doc)
-        doc["aliases"] = tuple(doc.get("aliases", ()))
-        doc["learned"] = tuple(doc.get("learned", ()))
-        return Ref(**{k: v for k, v in doc.items() if k in Ref.__dataclass_fields__})
+    def from_json(doc: Any) -> Ref:
+        """The one parser of ref JSON, from this store, a shared store another host wrote, or a
+        bundle: every field is type-checked; TypeError or ValueError if one is wrong."""
+        if not isinstance(doc, dict):
+            raise TypeError("a ref is a JSON object")
+        handle, manifest = doc.get("handle"), doc.get("manifest")
+        if not isinstance(handle, str) or not handle:
+            raise ValueError(f"invalid handle {handle!r}")
+        if not is_digest(manifest):
+            raise ValueError(f"invalid manifest digest {manifest!r}")
+        out: dict[str, Any] = {"handle": handle, "manifest": manifest}
+        for name in ("aliases", "learned"):
+            items = doc.get(name, [])
+            if not isinstance(items, list | tuple) or not all(isinstance(a, str) and a for a in items):
+                raise ValueError(f"{name} must be a list of strings")
+            out[name] = tuple(items)
+        for name in ("size", "files"):
+            out[name] = _count(doc.get(name, 0), name)
+        for name in ("source", "asked", "url"):
+            value = doc.get(name, "")
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string")
+            out[name] = value
+        when = doc.get("fetched_at", 0.0)
+        if isinstance(when, bool) or not isinstance(when, int | float):
+            raise ValueError("fetched_at must be a number")
+        out["fetched_at"] = float(when)
+        for name in ("etag", "x_goog_hash"):
+            value = doc.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string or null")
+            out[name] = value
+        size = doc.get("archive_size")
+        out["archive_size"] = None if size is None else _count(size, "archive_size")
+        return Ref(**out)
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer")
+    return value
 
 
 class RefIndex:

@@ -14,7 +14,10 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-_HOST = socket.gethostname().replace(".", "_").replace("/", "_") or "host"
+
+def host_tag() -> str:
+    """This host's name as it appears in temp, use and lock file names (no dots, no slashes)."""
+    return socket.gethostname().replace(".", "_").replace("/", "_") or "host"
 
 
 def hub_key(handle: str) -> str:
@@ -28,7 +31,7 @@ def uses_dir(home: Path) -> Path:
 
 def record_use(home: Path, view_name: str, when: float | None = None) -> None:
     """Mark the model at ``view/<view_name>`` (a sha1 of an alias) as used now (or ``when``)."""
-    path = uses_dir(home) / f"{view_name}.{_HOST}"
+    path = uses_dir(home) / f"{view_name}.{host_tag()}"
     times = None if when is None else (when, when)
     try:
         os.utime(path, times)
