@@ -1,9 +1,9 @@
-"""plan_prune is a pure function of a StoreSnapshot and a PrunePolicy: tested on synthetic snapshots."""
+"""plan_prune is a pure function of a StoreScan and a PrunePolicy: tested on synthetic scans."""
 
 from __future__ import annotations
 
 from cachemgr.lifecycle.prune_plan import PrunePolicy, plan_prune, series_of
-from cachemgr.lifecycle.scan import ManifestRecord, ModelRecord, StoreSnapshot, TempRecord
+from cachemgr.lifecycle.scan import ManifestRecord, ModelRecord, StoreScan, TempRecord
 from cachemgr.store.pins import Pin
 
 NOW = 1_000_000_000.0
@@ -23,13 +23,13 @@ def model(handle: str, digest: str, *, used: float | None = None, fetched: float
 def snapshot(models: list[ModelRecord], manifests: dict[str, list[tuple[int, int]]], *,
              pins: tuple[Pin, ...] = (), loose: dict[int, tuple[int, float]] | None = None,
              temps: tuple[TempRecord, ...] = (), disk_free: int | None = None,
-             young: set[str] = frozenset()) -> StoreSnapshot:  # type: ignore[assignment]
+             young: set[str] = frozenset()) -> StoreScan:  # type: ignore[assignment]
     recs = {d: ManifestRecord(d, tuple((sha(b), size) for b, size in blobs), NOW if d in young else OLD)
             for d, blobs in manifests.items()}
     blobs = {sha(b) for blobs in manifests.values() for b, _ in blobs}
     loose_map = {sha(b): v for b, v in (loose or {}).items()}
     blobs |= set(loose_map)
-    return StoreSnapshot(NOW, tuple(models), recs, {d: OLD for d in manifests}, frozenset(blobs), loose_map,
+    return StoreScan(NOW, tuple(models), recs, {d: OLD for d in manifests}, frozenset(blobs), loose_map,
                          pins, temps, disk_free)
 
 
@@ -40,7 +40,7 @@ def pin(handle: str, *, until: float | None = None, digest: str | None = None) -
 H = "https://tfhub.dev/google/m{}/1"
 
 
-def three_models() -> StoreSnapshot:
+def three_models() -> StoreScan:
     # m0 and m1 share blob 100 (the vocabulary); each has a unique blob too.
     return snapshot(
         [model(H.format(0), "d0", used=NOW - 3 * DAY), model(H.format(1), "d1", used=NOW - 2 * DAY),
@@ -103,7 +103,7 @@ def test_unused_for_and_keep_versions() -> None:
 
 def test_min_free_evicts_until_enough_would_be_free() -> None:
     snap = three_models()
-    snap = StoreSnapshot(**{**snap.__dict__, "disk_free": 500})
+    snap = StoreScan(**{**snap.__dict__, "disk_free": 500})
     plan = plan_prune(snap, PrunePolicy(min_free=2000), NOW)
     assert [e.handle for e in plan.evict] == [H.format(0), H.format(1)]  # 1000 is not enough, 3050 is
     assert plan_prune(snap, PrunePolicy(min_free=400), NOW).evict == ()

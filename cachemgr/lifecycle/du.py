@@ -1,4 +1,4 @@
-"""``cachemgr du``: per-model disk use from a store snapshot (pure, like prune planning).
+"""``cachemgr du``: per-model disk use from a store scan (pure, like prune planning).
 
 - size: bytes of the model's distinct blobs (what it occupies, deduplicated within itself);
 - unique: bytes of blobs no other model references (what evicting it alone would free);
@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cachemgr.lifecycle.scan import StoreSnapshot
+from cachemgr.lifecycle.scan import StoreScan
 
 
 @dataclass(frozen=True)
@@ -39,26 +39,26 @@ class DuReport:
                 "leftover": self.leftover}
 
 
-def disk_usage(snap: StoreSnapshot, now: float) -> DuReport:
-    sizes = snap.blob_sizes()
+def disk_usage(scan: StoreScan, now: float) -> DuReport:
+    sizes = scan.blob_sizes()
     by_alias: dict[str, str] = {}
-    for m in snap.models:
+    for m in scan.models:
         for alias in (m.handle, *m.aliases):
             by_alias.setdefault(alias, m.handle)
     pinned: dict[str, str] = {}
-    for pin in snap.pins:
+    for pin in scan.pins:
         handle = by_alias.get(pin.handle)
         if handle is not None and not pin.expired(now):
             pinned.setdefault(handle, pin.who)
     users: Counter[str] = Counter()  # blob -> number of models using it
-    for m in snap.models:
-        rec = snap.manifests.get(m.manifest)
+    for m in scan.models:
+        rec = scan.manifests.get(m.manifest)
         if rec is not None:
             users.update(sha for sha, _ in rec.blobs)
     used: set[str] = set()
     out: list[ModelUsage] = []
-    for m in snap.models:
-        rec = snap.manifests.get(m.manifest)
+    for m in scan.models:
+        rec = scan.manifests.get(m.manifest)
         blobs = rec.blobs if rec is not None else ()
         used.update(sha for sha, _ in blobs)
         size = sum(sizes.get(sha, 0) for sha, _ in blobs)

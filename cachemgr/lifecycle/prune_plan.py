@@ -1,8 +1,8 @@
-"""Prune planning: a pure function from a store snapshot and a policy to a plan.
+"""Prune planning: a pure function from a store scan and a policy to a plan.
 
 Modelled on borg's ``prune`` (rules that each select what to drop, protected items never
 selected) and huggingface_hub's ``DeleteCacheStrategy`` (a plan that says what it will
-delete and how many bytes that frees, executed separately by ``sweep.execute_prune``).
+delete and how many bytes that frees, executed separately by ``prune_exec.execute_prune``).
 
 Never selected: a model pinned by an unexpired pin; a model used, or a ref/manifest/snapshot
 written, within the grace period; content a pin names by digest. Bytes are counted by blob
@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachemgr.lifecycle.scan import ModelRecord, StoreSnapshot
+from cachemgr.lifecycle.scan import ModelRecord, StoreScan
 from cachemgr.settings import Settings
 from cachemgr.units import format_size
 
@@ -126,15 +126,15 @@ def series_of(handle: str) -> tuple[str, int]:
 class _Ledger:
     """Reference counts of manifests (by refs and roots) and blobs (by live manifests)."""
 
-    def __init__(self, snap: StoreSnapshot, roots: set[str]) -> None:
-        self.snap = snap
+    def __init__(self, scan: StoreScan, roots: set[str]) -> None:
+        self.scan = scan
         self.roots = roots
-        self.sizes = snap.blob_sizes()
-        self.refs = Counter(m.manifest for m in snap.models)
+        self.sizes = scan.blob_sizes()
+        self.refs = Counter(m.manifest for m in scan.models)
         self.live = set(self.refs) | roots
         self.blob_refs: Counter[str] = Counter()
         for digest in self.live:
-            rec = snap.manifests.get(digest)
+            rec = scan.manifests.get(digest)
             if rec is not None:
                 self.blob_refs.update(sha for sha, _ in rec.blobs)
         self.size = sum(self.sizes.values())
@@ -145,10 +145,10 @@ class _Ledger:
         """Blobs no live manifest names (orphans of dead manifests, or loose older than grace)."""
         if not allowed:
             return
-        for sha in self.snap.blobs:
+        for sha in self.scan.blobs:
             if self.blob_refs[sha]:
                 continue
-            loose = self.snap.loose_blobs.get(sha)
+            loose = self.scan.loose_blobs.get(sha)
             if loose is not None and loose[1] > cutoff:
                 continue
             self._drop_blob(sha)
@@ -165,7 +165,7 @@ class _Ledger:
         if self.refs[model.manifest] > 0 or model.manifest in self.roots:
             return 0
         self.live.discard(model.manifest)
-        rec = self.snap.manifests.get(model.manifest)
+        rec = self.scan.manifests.get(model.manifest)
         freed = 0
         for sha, _size in rec.blobs if rec is not None else ():
             self.blob_refs[sha] -= 1
@@ -174,19 +174,19 @@ class _Ledger:
         return freed
 
     def distinct_size(self, digest: str) -> int:
-        rec = self.snap.manifests.get(digest)
+        rec = self.scan.manifests.get(digest)
         return sum(size for sha, size in rec.blobs if sha in self.sizes) if rec is not None else 0
 
 
-def _protections(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> tuple[dict[str, str], set[str]]:
+def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict[str, str], set[str]]:
     cutoff = now - policy.grace
     by_alias: dict[str, str] = {}
-    for m in snap.models:
+    for m in scan.models:
         for alias in (m.handle, *m.aliases):
             by_alias.setdefault(alias, m.handle)
     protected: dict[str, str] = {}
     roots: set[str] = set()
-    for pin in snap.pins:
+    for pin in scan.pins:
         if pin.expired(now):
             continue
         handle = by_alias.get(pin.handle)
@@ -195,16 +195,16 @@ def _protections(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> tuple[
             protected.setdefault(handle, why)
         if pin.digest:
             roots.add(pin.digest)
-    referenced = {m.manifest for m in snap.models}
+    referenced = {m.manifest for m in scan.models}
     unnamed_cutoff = now - max(policy.grace, policy.in_flight)
-    roots |= {d for d, rec in snap.manifests.items()
+    roots |= {d for d, rec in scan.manifests.items()
               if rec.mtime > (cutoff if d in referenced else unnamed_cutoff)}
-    roots |= {d for d, mtime in snap.snapshots.items() if mtime > (cutoff if d in referenced else unnamed_cutoff)}
+    roots |= {d for d, mtime in scan.snapshots.items() if mtime > (cutoff if d in referenced else unnamed_cutoff)}
     # A running pull/import keeps a temp in tmp/: refs written since it started are its work.
-    running = [t.mtime for t in snap.temps if t.owner == "live"
+    running = [t.mtime for t in scan.temps if t.owner == "live"
                or (t.owner == "foreign" and now - t.mtime < policy.foreign_temp_grace)]
     in_flight_since = min(running, default=float("inf"))
-    for m in snap.models:
+    for m in scan.models:
         if m.ref_mtime >= in_flight_since:
             protected.setdefault(m.handle, "written while a pull or import is running (in flight)")
         elif m.last_use is not None and m.last_use > cutoff:
@@ -216,18 +216,18 @@ def _protections(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> tuple[
     return protected, roots
 
 
-def plan_prune(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> PrunePlan:
-    """What to delete from ``snap`` under ``policy`` at time ``now``. Pure: reads nothing else."""
-    protected, roots = _protections(snap, policy, now)
-    ledger = _Ledger(snap, roots)
+def plan_prune(scan: StoreScan, policy: PrunePolicy, now: float) -> PrunePlan:
+    """What to delete from ``scan`` under ``policy`` at time ``now``. Pure: reads nothing else."""
+    protected, roots = _protections(scan, policy, now)
+    ledger = _Ledger(scan, roots)
     unmet: list[str] = []
-    safe = snap.unreadable_refs == 0 and all(rec.readable for rec in snap.manifests.values())
+    safe = scan.unreadable_refs == 0 and all(rec.readable for rec in scan.manifests.values())
     if not safe:
         unmet.append("unreadable refs or manifests: leftovers are not collected; run `cachemgr verify --repair`")
     ledger.collect_loose(now - max(policy.grace, policy.in_flight), safe)
     size_before = ledger.size
 
-    candidates = sorted((m for m in snap.models if m.handle not in protected),
+    candidates = sorted((m for m in scan.models if m.handle not in protected),
                         key=lambda m: (m.last_activity, m.handle))
     chosen: dict[str, str] = {}
     if policy.unused_for is not None:
@@ -237,7 +237,7 @@ def plan_prune(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> PrunePla
                 chosen[m.handle] = f"unused for {format_age(idle)} (more than {format_age(policy.unused_for)})"
     if policy.keep_versions is not None:
         groups: dict[str, list[ModelRecord]] = {}
-        for m in snap.models:
+        for m in scan.models:
             groups.setdefault(series_of(m.handle)[0], []).append(m)
         for series, members in groups.items():
             members.sort(key=lambda m: series_of(m.handle)[1], reverse=True)
@@ -256,8 +256,8 @@ def plan_prune(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> PrunePla
             evict(m, chosen[m.handle])
 
     need_free = 0
-    if policy.min_free is not None and snap.disk_free is not None:
-        need_free = max(0, policy.min_free - snap.disk_free)
+    if policy.min_free is not None and scan.disk_free is not None:
+        need_free = max(0, policy.min_free - scan.disk_free)
 
     def satisfied() -> bool:
         under = policy.max_size is None or size_before - ledger.freed <= policy.max_size
@@ -280,15 +280,15 @@ def plan_prune(snap: StoreSnapshot, policy: PrunePolicy, now: float) -> PrunePla
                      f"(pinned or used/written within the grace period of {format_age(policy.grace)})")
 
     live = ledger.live
-    dead_manifests = sorted(d for d in snap.manifests if d not in live)
-    dead_snapshots = sorted(d for d in snap.snapshots if d not in live and _DIGEST.match(d))
+    dead_manifests = sorted(d for d in scan.manifests if d not in live)
+    dead_snapshots = sorted(d for d in scan.snapshots if d not in live and _DIGEST.match(d))
     temps = []
-    for t in snap.temps:
+    for t in scan.temps:
         limit = policy.grace if t.owner == "dead" else max(policy.grace, policy.foreign_temp_grace)
         if t.owner != "live" and now - t.mtime > limit:
             temps.append(t.name)
     return PrunePlan(
-        snap.taken_at, now, policy, tuple(evictions),
+        scan.taken_at, now, policy, tuple(evictions),
         tuple(Protection(h, why) for h, why in sorted(protected.items())),
         tuple(dead_snapshots) if safe else (), tuple(dead_manifests) if safe else (),
         tuple(sorted(ledger.dead_blobs)) if safe else (), tuple(sorted(temps)),

@@ -1,6 +1,6 @@
-"""A point-in-time snapshot of what a store holds, taken with one pass over each directory.
+"""A point-in-time scan of what a store holds, taken with one pass over each directory.
 
-The snapshot is plain data (frozen dataclasses): prune planning and ``du`` are pure functions
+The scan is plain data (frozen dataclasses): prune planning and ``du`` are pure functions
 of it. The scan reads refs, manifests, pins and last-use records, lists blob and snapshot
 names, and stats only what it must (manifests, snapshots, temps, unreferenced blobs). Blob
 contents are never read and referenced blobs are never stat'ed: their sizes come from the
@@ -60,7 +60,7 @@ class TempRecord:
 
 
 @dataclass(frozen=True)
-class StoreSnapshot:
+class StoreScan:
     taken_at: float
     models: tuple[ModelRecord, ...]
     manifests: Mapping[str, ManifestRecord]
@@ -147,8 +147,8 @@ def scan_temps(store: Store) -> list[TempRecord]:
     return out
 
 
-def scan(store: Store, *, disk: bool = True) -> StoreSnapshot:
-    """Take the snapshot. ``taken_at`` is when the scan started: anything newer is in flight."""
+def scan(store: Store, *, disk: bool = True) -> StoreScan:
+    """Take the scan. ``taken_at`` is when the scan started: anything newer is in flight."""
     taken_at = time.time()
     models, bad_refs = scan_models(store)
 
@@ -202,7 +202,7 @@ def scan(store: Store, *, disk: bool = True) -> StoreSnapshot:
             disk_free = shutil.disk_usage(store.home).free
         except OSError:
             disk_free = None
-    return StoreSnapshot(
+    return StoreScan(
         taken_at, tuple(models), manifests, snapshots, frozenset(blobs), loose,
         tuple(read_pins(store)), tuple(scan_temps(store)), disk_free, bad_refs,
     )
