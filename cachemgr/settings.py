@@ -4,13 +4,20 @@ Nothing here runs at import time; callers pass the environment in explicitly.
 Precedence, lowest first: built-in defaults, /etc/cachemgr/config.toml,
 ~/.config/cachemgr/config.toml (or ``--config`` / CACHEMGR_CONFIG instead of both),
 CACHEMGR_* environment variables, command-line flags.
+
+Each field of :class:`Settings` declares, in one place, its default, the parser that checks
+and converts a value from any source (the TOML key is the field name; a value from the
+environment is a string), and its environment variable. A hand-made table, not pydantic or
+msgspec: the parsers are the library's own (sizes, durations, mirror rules, public keys),
+every error must name its source (file and key, variable, or flag) and the fix, and a
+compiled validation library would be loaded by every CLI run and by the shim's daemon.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,66 +26,7 @@ from cachemgr.errors import ConfigError
 from cachemgr.units import parse_duration, parse_size
 
 Mirror = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    offline: bool = False
-    mirrors: tuple[Mirror, ...] = ()
-    max_model_bytes: int = 64 * 1024**3
-    max_entries: int = 100_000
-    ca_bundle: Path | None = None
-    concurrency: int = 4
-    retries: int = 5
-    backoff: float = 0.5
-    connect_timeout: float = 30.0
-    read_timeout: float = 300.0
-    temp_grace: float = 24 * 3600.0
-    # daemon
-    socket: Path | None = None
-    listen: tuple[str, ...] = ()
-    token: str | None = None
-    upstreams: tuple[str, ...] = ()
-    prefetch_file: Path | None = None
-    max_body: int = 1024 * 1024
-    # Processes that accept on the daemon's sockets: the primary plus workers-1 that answer
-    # hits and forward everything else to it. None (auto): one per two cores, at most
-    # MAX_AUTO_WORKERS: the clients of a node's daemon run on that node's cores too.
-    workers: int | None = None
-    # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
-    trusted_keys: tuple[str, ...] = ()
-    # Lifecycle: watermarks for automatic pruning (daemon) and background scrubbing.
-    prune_max_size: int | None = None
-    prune_min_free: int | None = None
-    prune_unused_for: float | None = None
-    prune_keep_versions: int | None = None
-    prune_grace: float = 3600.0
-    scrub_rate: int | None = None
-    scrub_max_duration: float = 600.0
-    config_files: tuple[Path, ...] = field(default=())
-
-    @property
-    def view_dir(self) -> Path:
-        """The directory that TFHUB_CACHE_DIR points at."""
-        return self.home / "view"
-
-    @property
-    def prefetch_path(self) -> Path:
-        return self.prefetch_file or self.home / "prefetch.toml"
-
-    def worker_count(self, cpus: int | None) -> int:
-        """How many processes serve the sockets: ``workers``, else one per two cores, capped.
-
-        Measured on 2 cores with the clients on the same machine (benchmarks/
-        bench_resolve_latency.py), a second process raised hit p99 (x1.3-1.5) and did not raise
-        throughput: the clients need the other core. Hence half the cores.
-        """
-        if self.workers is not None:
-            return self.workers
-        return max(1, min((cpus or 1) // 2, MAX_AUTO_WORKERS))
-
-
+Parser = Callable[[Any, str], Any]
 MAX_AUTO_WORKERS = 4
 MAX_WORKERS = 64
 
@@ -159,54 +107,44 @@ def _int(value: Any, source: str, minimum: int = 0) -> int:
     return number
 
 
-# key -> converter(value, source); the same keys are used in TOML and (upper-cased) in env.
-def _convert(key: str, value: Any, source: str) -> Any:
-    if key == "home":
-        return Path(str(value)).expanduser()
-    if key == "offline":
-        return _bool(value, source)
-    if key == "mirrors":
-        return parse_mirrors(value, source)
-    if key in ("max_model_bytes", "prune_max_size", "prune_min_free", "scrub_rate"):
-        return parse_size(value, source)
-    if key in ("max_entries", "concurrency", "retries", "prune_keep_versions"):
-        return _int(value, source, minimum=1 if key != "retries" else 0)
-    if key == "ca_bundle":
-        path = Path(str(value)).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{source}: CA bundle {path} does not exist; fix the path")
-        return path
-    if key in ("backoff", "connect_timeout", "read_timeout", "temp_grace", "prune_unused_for", "prune_grace",
-               "scrub_max_duration"):
-        return parse_duration(value, source)
-    if key in ("socket", "prefetch_file"):
-        return Path(str(value)).expanduser()
-    if key == "listen":
-        return _listen(value, source)
-    if key == "token":
-        if not isinstance(value, str) or len(value) < 8:
-            raise ConfigError(f"{source}: token must be a string of at least 8 characters")
-        return value
-    if key == "upstreams":
-        items = value.split() if isinstance(value, str) else value
-        if not isinstance(items, list | tuple) or not all(isinstance(u, str) for u in items):
-            raise ConfigError(f"{source}: upstreams must be a list of URLs")
-        for url in items:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"{source}: upstream {url!r} must start with http:// or https://")
-        return tuple(u.rstrip("/") for u in items)
-    if key == "max_body":
-        return parse_size(value, source)
-    if key == "workers":
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return None
-        count = _int(value, source, minimum=1)
-        if count > MAX_WORKERS:
-            raise ConfigError(f"{source}: {count} workers is more than {MAX_WORKERS}; use 'auto' or fewer")
-        return count
-    if key == "trusted_keys":
-        return _trusted_keys(value, source)
-    raise ConfigError(f"{source}: unknown setting {key!r}")
+def _at_least(minimum: int) -> Parser:
+    return lambda value, source: _int(value, source, minimum)
+
+
+def _path(value: Any, source: str) -> Path:
+    return Path(str(value)).expanduser()
+
+
+def _ca_bundle(value: Any, source: str) -> Path:
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{source}: CA bundle {path} does not exist; fix the path")
+    return path
+
+
+def _token(value: Any, source: str) -> str:
+    if not isinstance(value, str) or len(value) < 8:
+        raise ConfigError(f"{source}: token must be a string of at least 8 characters")
+    return value
+
+
+def _upstreams(value: Any, source: str) -> tuple[str, ...]:
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(u, str) for u in items):
+        raise ConfigError(f"{source}: upstreams must be a list of URLs")
+    for url in items:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: upstream {url!r} must start with http:// or https://")
+    return tuple(u.rstrip("/") for u in items)
+
+
+def _workers(value: Any, source: str) -> int | None:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    count = _int(value, source, minimum=1)
+    if count > MAX_WORKERS:
+        raise ConfigError(f"{source}: {count} workers is more than {MAX_WORKERS}; use 'auto' or fewer")
+    return count
 
 
 def _trusted_keys(value: Any, source: str) -> tuple[str, ...]:
@@ -223,36 +161,6 @@ def _trusted_keys(value: Any, source: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
-_FILE_KEYS = {
-    f.name for f in fields(Settings) if f.name not in ("config_files",)
-} | {"max_model_size"}
-_ENV_KEYS = {
-    "CACHEMGR_HOME": "home",
-    "CACHEMGR_OFFLINE": "offline",
-    "CACHEMGR_MIRRORS": "mirrors",
-    "CACHEMGR_MAX_MODEL_SIZE": "max_model_bytes",
-    "CACHEMGR_MAX_ENTRIES": "max_entries",
-    "CACHEMGR_CA_BUNDLE": "ca_bundle",
-    "CACHEMGR_CONCURRENCY": "concurrency",
-    "CACHEMGR_RETRIES": "retries",
-    "CACHEMGR_BACKOFF": "backoff",
-    "CACHEMGR_SOCKET": "socket",
-    "CACHEMGR_LISTEN": "listen",
-    "CACHEMGR_TOKEN": "token",
-    "CACHEMGR_UPSTREAMS": "upstreams",
-    "CACHEMGR_PREFETCH_FILE": "prefetch_file",
-    "CACHEMGR_WORKERS": "workers",
-    "CACHEMGR_TRUSTED_KEYS": "trusted_keys",
-    "CACHEMGR_PRUNE_MAX_SIZE": "prune_max_size",
-    "CACHEMGR_PRUNE_MIN_FREE": "prune_min_free",
-    "CACHEMGR_PRUNE_UNUSED_FOR": "prune_unused_for",
-    "CACHEMGR_PRUNE_KEEP_VERSIONS": "prune_keep_versions",
-    "CACHEMGR_PRUNE_GRACE": "prune_grace",
-    "CACHEMGR_SCRUB_RATE": "scrub_rate",
-    "CACHEMGR_SCRUB_MAX_DURATION": "scrub_max_duration",
-}
-
-
 def _listen(value: Any, source: str) -> tuple[str, ...]:
     items = value.split() if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
@@ -264,6 +172,83 @@ def _listen(value: Any, source: str) -> tuple[str, ...]:
     return tuple(str(i) for i in items)
 
 
+def _setting(default: Any, parse: Parser, env: str | None = None) -> Any:
+    """A field of Settings: its default, the parser for any source, and its environment variable."""
+    return field(default=default, metadata={"parse": parse, "env": env})
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = _setting(Path(), _path, "CACHEMGR_HOME")
+    offline: bool = _setting(False, _bool, "CACHEMGR_OFFLINE")
+    mirrors: tuple[Mirror, ...] = _setting((), parse_mirrors, "CACHEMGR_MIRRORS")
+    max_model_bytes: int = _setting(64 * 1024**3, parse_size, "CACHEMGR_MAX_MODEL_SIZE")
+    max_entries: int = _setting(100_000, _at_least(1), "CACHEMGR_MAX_ENTRIES")
+    ca_bundle: Path | None = _setting(None, _ca_bundle, "CACHEMGR_CA_BUNDLE")
+    concurrency: int = _setting(4, _at_least(1), "CACHEMGR_CONCURRENCY")
+    retries: int = _setting(5, _at_least(0), "CACHEMGR_RETRIES")
+    backoff: float = _setting(0.5, parse_duration, "CACHEMGR_BACKOFF")
+    connect_timeout: float = _setting(30.0, parse_duration)
+    read_timeout: float = _setting(300.0, parse_duration)
+    temp_grace: float = _setting(24 * 3600.0, parse_duration)
+    # daemon
+    socket: Path | None = _setting(None, _path, "CACHEMGR_SOCKET")
+    listen: tuple[str, ...] = _setting((), _listen, "CACHEMGR_LISTEN")
+    token: str | None = _setting(None, _token, "CACHEMGR_TOKEN")
+    upstreams: tuple[str, ...] = _setting((), _upstreams, "CACHEMGR_UPSTREAMS")
+    prefetch_file: Path | None = _setting(None, _path, "CACHEMGR_PREFETCH_FILE")
+    max_body: int = _setting(1024 * 1024, parse_size)
+    # Processes that accept on the daemon's sockets: the primary plus workers-1 that answer
+    # hits and forward everything else to it. None (auto): one per two cores, at most
+    # MAX_AUTO_WORKERS: the clients of a node's daemon run on that node's cores too.
+    workers: int | None = _setting(None, _workers, "CACHEMGR_WORKERS")
+    # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
+    trusted_keys: tuple[str, ...] = _setting((), _trusted_keys, "CACHEMGR_TRUSTED_KEYS")
+    # Lifecycle: watermarks for automatic pruning (daemon) and background scrubbing.
+    prune_max_size: int | None = _setting(None, parse_size, "CACHEMGR_PRUNE_MAX_SIZE")
+    prune_min_free: int | None = _setting(None, parse_size, "CACHEMGR_PRUNE_MIN_FREE")
+    prune_unused_for: float | None = _setting(None, parse_duration, "CACHEMGR_PRUNE_UNUSED_FOR")
+    prune_keep_versions: int | None = _setting(None, _at_least(1), "CACHEMGR_PRUNE_KEEP_VERSIONS")
+    prune_grace: float = _setting(3600.0, parse_duration, "CACHEMGR_PRUNE_GRACE")
+    scrub_rate: int | None = _setting(None, parse_size, "CACHEMGR_SCRUB_RATE")
+    scrub_max_duration: float = _setting(600.0, parse_duration, "CACHEMGR_SCRUB_MAX_DURATION")
+    config_files: tuple[Path, ...] = field(default=())
+
+    @property
+    def view_dir(self) -> Path:
+        """The directory that TFHUB_CACHE_DIR points at."""
+        return self.home / "view"
+
+    @property
+    def prefetch_path(self) -> Path:
+        return self.prefetch_file or self.home / "prefetch.toml"
+
+    def worker_count(self, cpus: int | None) -> int:
+        """How many processes serve the sockets: ``workers``, else one per two cores, capped.
+
+        Measured on 2 cores with the clients on the same machine (benchmarks/
+        bench_resolve_latency.py), a second process raised hit p99 (x1.3-1.5) and did not raise
+        throughput: the clients need the other core. Hence half the cores.
+        """
+        if self.workers is not None:
+            return self.workers
+        return max(1, min((cpus or 1) // 2, MAX_AUTO_WORKERS))
+
+
+
+# The TOML key max_model_size names the field max_model_bytes; every other key is its field's name.
+_FILE_ALIASES = {"max_model_size": "max_model_bytes"}
+_PARSERS: dict[str, Parser] = {f.name: f.metadata["parse"] for f in fields(Settings) if "parse" in f.metadata}
+_ENV_KEYS: dict[str, str] = {f.metadata["env"]: f.name for f in fields(Settings) if f.metadata.get("env")}
+
+
+def _convert(key: str, value: Any, source: str) -> Any:
+    parse = _PARSERS.get(key)
+    if parse is None:
+        raise ConfigError(f"{source}: unknown setting {key!r}")
+    return parse(value, source)
+
+
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -273,11 +258,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read ({exc.strerror})") from None
     values: dict[str, Any] = {}
+    known = set(_PARSERS) | set(_FILE_ALIASES)
     for key, value in data.items():
-        if key not in _FILE_KEYS:
-            known = ", ".join(sorted(_FILE_KEYS))
-            raise ConfigError(f"config file {path}: unknown key {key!r}; known keys: {known}")
-        name = "max_model_bytes" if key == "max_model_size" else key
+        if key not in known:
+            raise ConfigError(f"config file {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        name = _FILE_ALIASES.get(key, key)
         values[name] = _convert(name, value, f"config file {path}, key {key!r}")
     return values
 
