@@ -8,7 +8,6 @@ end trailer), so each check is exercised on its own.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -19,19 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import zstandard
 
-from cachemgr.bundle.container import trailer
-from tests.conftest import BASE_ENV, REPO, Cli
 from tests.support.archives import archive_bytes
+from tests.support.bundles import BundleMember, manifest_of, members, write_bundle
+from tests.support.cli import Cli
+from tests.support.env import BASE_ENV, REPO
 from tests.support.origin import FakeOrigin
 
 MYMUL = "https://tfhub.dev/google/mymul/1"
 MYMUL_KAGGLE = "https://www.kaggle.com/models/google/mymul/frameworks/tensorFlow2/variations/mymul/versions/1"
 TEXT1 = "https://tfhub.dev/google/text-embed/1"
 TEXT2 = "https://tfhub.dev/google/text-embed/2"
-
-Member = tuple[tarfile.TarInfo, bytes]
 
 
 class Src:
@@ -84,36 +81,6 @@ def assert_unchanged(home: Path, before: dict[str, object]) -> None:
     assert state(home) == before
     tmp = home / "tmp"
     assert not tmp.is_dir() or not list(tmp.iterdir()), "a failed import left temps behind"
-
-
-def members(bundle: Path) -> list[Member]:
-    data = zstandard.ZstdDecompressor().decompressobj().decompress(bundle.read_bytes())
-    out = []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for info in tar:
-            fh = tar.extractfile(info)
-            assert fh is not None
-            out.append((info, fh.read()))
-    return out
-
-
-def write_bundle(path: Path, items: list[Member]) -> Path:
-    """A well-formed bundle (tar, zstd frame, end trailer) with exactly ``items``."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for info, body in items:
-            info.size = len(body)
-            tar.addfile(info, io.BytesIO(body))
-    comp = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(raw.getvalue())
-    path.write_bytes(comp + trailer(len(comp)))
-    return path
-
-
-def manifest_of(bundle: Path) -> dict[str, object]:
-    info, body = members(bundle)[0]
-    assert info.name == "manifest.json"
-    doc: dict[str, object] = json.loads(body)
-    return doc
 
 
 def run_offline(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -180,25 +147,25 @@ def test_reimport_is_a_noop_that_says_so(src: Src, tmp_path: Path) -> None:
 
 
 # -- refusals -----------------------------------------------------------------------------------
-def _flip_blob(items: list[Member]) -> list[Member]:
+def _flip_blob(items: list[BundleMember]) -> list[BundleMember]:
     i = max(range(1, len(items)), key=lambda k: len(items[k][1]))
     body = bytearray(items[i][1])
     body[len(body) // 2] ^= 0x01
     return items[:i] + [(items[i][0], bytes(body))] + items[i + 1:]
 
 
-def _extra(items: list[Member]) -> list[Member]:
+def _extra(items: list[BundleMember]) -> list[BundleMember]:
     info = tarfile.TarInfo("blobs/" + hashlib.sha256(b"extra").hexdigest())
     return items + [(info, b"extra")]
 
 
-def _newer(items: list[Member]) -> list[Member]:
+def _newer(items: list[BundleMember]) -> list[BundleMember]:
     doc = json.loads(items[0][1])
     doc["format"] = 2
     return [(items[0][0], json.dumps(doc).encode())] + items[1:]
 
 
-TAMPER: dict[str, tuple[Callable[[list[Member]], list[Member]], int, str]] = {
+TAMPER: dict[str, tuple[Callable[[list[BundleMember]], list[BundleMember]], int, str]] = {
     "flipped-byte": (_flip_blob, 8, "does not match its sha256"),
     "dropped-entry": (lambda items: items[:-1], 20, "is missing"),
     "added-entry": (_extra, 20, "unexpected member"),

@@ -6,7 +6,7 @@ import json
 import shlex
 from pathlib import Path
 
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 TFHUB = "https://tfhub.dev/google/mymul/1"
 

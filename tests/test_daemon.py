@@ -10,16 +10,14 @@ import site
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import BASE_ENV, REPO, Cli
-from tests.support.daemons import Daemon, free_port, stop_process, wait_for
+from tests.support.cli import Cli
+from tests.support.daemons import Daemon, free_port, http, run_job, stop_process, wait_for
+from tests.support.env import BASE_ENV, REPO
 from tests.support.origin import FakeOrigin
 
 TFHUB = "https://tfhub.dev/google/mymul/1"
@@ -38,24 +36,6 @@ def start(daemons: list[Daemon], cli: Cli, home: Path, *args: str, env: dict[str
     d = Daemon(home, {**cli.env, **(env or {})}, *args, listen=f"127.0.0.1:{free_port()}" if listen else None)
     daemons.append(d)
     return d.wait_ready()
-
-
-def run_job(mode: str, *handles: str, env: dict[str, str]) -> tuple[dict[str, Any], str]:
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "shim_job.py"), mode, *handles],
-                          env={**BASE_ENV, **env}, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT ")), proc.stderr
-
-
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-         ) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def test_herd_of_clients_causes_one_download(cli: Cli, origin: FakeOrigin, home: Path,

@@ -24,11 +24,12 @@ from cachemgrd.counters import SharedCounters
 from cachemgrd.supervisor import SLOTS
 
 from cachemgr.client.daemon_client import call
-from tests.conftest import BASE_ENV, REPO, Cli
-from tests.support.daemons import Daemon, free_port, process_state, stop_process, wait_for
+from tests.support.cli import Cli
+from tests.support.daemons import Daemon, free_port, http, process_state, run_job, stop_process, wait_for
+from tests.support.env import BASE_ENV, REPO
 from tests.support.origin import FakeOrigin
-from tests.test_daemon import TFHUB, http
 
+TFHUB = "https://tfhub.dev/google/mymul/1"
 TOKEN = "worker-token-1"
 
 
@@ -346,8 +347,6 @@ def test_forwarder_answers_503_when_the_primary_is_gone(tmp_path: Path) -> None:
 def test_shim_falls_back_when_a_worker_says_the_primary_is_gone(origin: FakeOrigin, tmp_path: Path) -> None:
     import http.server
     import socketserver
-
-    from tests.test_daemon import run_job
 
     class Answer503(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, Models
 from tests.support import hostile
-from tests.test_bundle import members, write_bundle
+from tests.support.bundles import members, write_bundle
+from tests.support.cli import Cli
+from tests.support.suite import Models
 
 SEED = "https://tfhub.dev/google/seed/1"
 EVIL = "https://tfhub.dev/evil/m/1"

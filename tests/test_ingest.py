@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Archives, Cli, Models
 from tests.support import archives as A
+from tests.support.cli import Cli
+from tests.support.suite import Archives, Models
 
 HANDLE = "https://tfhub.dev/test/model/1"
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from cachemgr.lifecycle.pins import wanted_handles
 from cachemgr.store.objects import Store
-from tests.conftest import Archives, Cli
-from tests.lifecycle_helpers import MYMUL, TEXT1, TEXT2, sha1
+from tests.support.cli import Cli
+from tests.support.lifecycle import MYMUL, TEXT1, TEXT2, sha1
 from tests.support.origin import FakeOrigin
+from tests.support.suite import Archives
 
 
 def pins(cli: Cli, *args: str, env: dict[str, str] | None = None) -> dict[str, dict[str, object]]:

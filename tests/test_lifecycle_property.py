@@ -25,8 +25,8 @@ from cachemgr.store.manifest import Limits
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import RefIndex
 from cachemgr.store.usage import record_handle_use
-from tests.conftest import Archives
-from tests.lifecycle_helpers import consistency_problems
+from tests.support.lifecycle import consistency_problems
+from tests.support.suite import Archives
 
 HANDLES = ["https://tfhub.dev/google/mymul/1", "https://tfhub.dev/google/text-embed/1",
            "https://tfhub.dev/google/text-embed/2", "https://tfhub.dev/google/mymul-copy/7"]

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from cachemgr.store.fs import unique_name
-from tests.conftest import BASE_ENV, REPO, Cli
-from tests.lifecycle_helpers import (
+from tests.support.cli import Cli
+from tests.support.env import BASE_ENV, REPO
+from tests.support.lifecycle import (
     MYMUL,
     TEXT1,
     TEXT2,

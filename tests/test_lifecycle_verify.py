@@ -15,10 +15,12 @@ from cachemgr.lifecycle.scrub import run_verify
 from cachemgr.lifecycle.verify import VerifyOptions
 from cachemgr.settings import Settings
 from cachemgr.store.objects import Store
-from tests.conftest import BASE_ENV, REPO, Cli, Models
-from tests.lifecycle_helpers import MYMUL, TEXT1, TEXT2, consistency_problems, sha1
 from tests.support.archives import Member, model_members, tar_bytes
+from tests.support.cli import Cli
+from tests.support.env import BASE_ENV, REPO
+from tests.support.lifecycle import MYMUL, TEXT1, TEXT2, consistency_problems, sha1
 from tests.support.origin import FakeOrigin
+from tests.support.suite import Models
 
 GOOD, CORRUPT, REPAIRED = 0, 11, 12
 

@@ -17,8 +17,10 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.conftest import REPO, Archives, Cli
+from tests.support.cli import Cli
+from tests.support.env import REPO
 from tests.support.origin import FakeOrigin
+from tests.support.suite import Archives
 
 
 class LoopThread:

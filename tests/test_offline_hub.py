@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import BASE_ENV, REPO, Cli
+from tests.support.cli import Cli
+from tests.support.env import BASE_ENV, REPO
 from tests.support.origin import FakeOrigin
 
 MYMUL = "https://tfhub.dev/google/mymul/1"

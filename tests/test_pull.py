@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
 from tests.support.archives import html_error_page
+from tests.support.cli import Cli
 from tests.support.origin import FakeOrigin
 
 TFHUB = "https://tfhub.dev/google/mymul/1"

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from cachemgr.client.daemon_client import call
-from tests.conftest import BASE_ENV, REPO, Cli
+from tests.support.cli import Cli
 from tests.support.daemons import stop_process, wait_for
+from tests.support.env import BASE_ENV, REPO
 
 UNITS = REPO / "systemd"
 

@@ -1,18 +1,26 @@
-"""Running real daemon subprocesses for tests."""
+"""Running real daemon subprocesses for tests (and the benchmarks), and talking to them.
+
+``Daemon`` is one ``cachemgr daemon`` child; ``http`` speaks to its TCP listener; ``run_job`` runs
+``tests/shim_job.py`` (unchanged TF Hub code through the shim) in a child; the rest wait on processes.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from cachemgr.client.daemon_client import call
-from tests.conftest import REPO
+
+from .env import BASE_ENV, REPO
 
 
 def free_port() -> int:
@@ -92,3 +100,21 @@ def stop_process(pid: int) -> None:
     """SIGSTOP ``pid`` and wait until it has really stopped (delivery is asynchronous)."""
     os.kill(pid, signal.SIGSTOP)
     assert wait_for(lambda: process_state(pid) == "T", 10), f"process {pid} did not stop"
+
+
+def run_job(mode: str, *handles: str, env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "shim_job.py"), mode, *handles],
+                          env={**BASE_ENV, **env}, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT ")), proc.stderr
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+         ) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()

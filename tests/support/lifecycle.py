@@ -1,4 +1,4 @@
-"""Helpers shared by the lifecycle tests (pins, prune, verify, du)."""
+"""The lifecycle tests' view of a store (pins, prune, verify, du): its handles, its tree, its consistency."""
 
 from __future__ import annotations
 
