@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cachemgr.errors as E
 from cachemgrd.httperrors import status_for
-from tests.conftest import REPO
+from tests.support.env import REPO
 
 # Every CachemgrError subclass and what it means to a script (exit code) and to a client (HTTP).
 # A new subclass fails this test until it is given both here, on purpose.
