@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -67,6 +68,29 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o644) -> N
     except OSError as exc:
         remove_quietly(tmp)
         raise disk_error(exc, path) from None
+
+
+def open_no_follow(root: Path, rel: str) -> int:
+    """Open ``root/rel`` for reading, following no symlink below ``root``; a regular file only.
+
+    Each directory on the way is opened relative to the last with O_NOFOLLOW, so a link planted
+    anywhere in ``rel`` (by another host writing a shared store, say) is refused with ELOOP,
+    not followed out of the store. Returns the descriptor; the caller closes it.
+    """
+    parts = rel.split("/")
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(root / rel))
+    return fd
 
 
 def atomic_symlink(target: str, path: Path, tmp_dir: Path) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from cachemgr import __version__
 from cachemgr.errors import CachemgrError, FetchError, HandleError, NotCachedError
 from cachemgr.handles import parse_handle
 from cachemgr.settings import Settings
+from cachemgr.store.fs import open_no_follow
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
 from cachemgrd.forward import VIA_HEADER, client_is_tcp
@@ -183,18 +185,29 @@ async def get_ref(request: web.Request) -> web.Response:
 
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     digest = request.match_info["digest"]
-    path = request.app[STATE].store.manifest_path(digest)
-    if not _DIGEST.match(digest) or not path.is_file():
+    store = request.app[STATE].store
+    if not _DIGEST.match(digest) or not await asyncio.to_thread(_regular_inside, store.home,
+                                                                f"manifests/sha256/{digest}.json"):
         return plain_error(404, "not_found", f"no manifest {digest}")
-    return web.FileResponse(path, headers={"Content-Type": "application/json"})
+    return web.FileResponse(store.manifest_path(digest), headers={"Content-Type": "application/json"})
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     digest = request.match_info["digest"]
-    path = request.app[STATE].store.blob_path(digest) if _DIGEST.match(digest) else None
-    if path is None or not path.is_file():
+    store = request.app[STATE].store
+    if not _DIGEST.match(digest) or not await asyncio.to_thread(_regular_inside, store.home,
+                                                                f"blobs/sha256/{digest[:2]}/{digest}"):
         return plain_error(404, "not_found", f"no blob {digest}")
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    return web.FileResponse(store.blob_path(digest), headers={"Content-Type": "application/octet-stream"})
+
+
+def _regular_inside(home: Path, rel: str) -> bool:
+    """Whether ``home/rel`` is a regular file reached without any symlink (never serve one out)."""
+    try:
+        os.close(open_no_follow(home, rel))
+    except OSError:
+        return False
+    return True
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -243,8 +256,7 @@ async def hosting(request: web.Request) -> web.StreamResponse:
                 return plain_error(404, "not_found", f"/{path}: {err}")
             raise
     manifest = state.store.read_manifest(ref.manifest)
-    snapshot = state.store.snapshot_path(ref.manifest)
-    chunks = tar_chunks(snapshot, manifest)
+    chunks = tar_chunks(state.store.home, ref.manifest, manifest)
     gz = request.query.get("compression") == "gzip"
     resp = web.StreamResponse(headers={
         "Content-Type": "application/gzip" if gz else "application/x-tar",

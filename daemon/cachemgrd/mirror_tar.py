@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from cachemgr.errors import StoreError
+from cachemgr.store.fs import open_no_follow
 from cachemgr.store.manifest import Manifest
 
 CHUNK = 1 << 20
 
 
-def tar_chunks(snapshot: Path, manifest: Manifest) -> Iterator[bytes]:
-    """An uncompressed POSIX tar of ``snapshot``, rooted at the SavedModel root."""
+def tar_chunks(home: Path, digest: str, manifest: Manifest) -> Iterator[bytes]:
+    """An uncompressed POSIX tar of the snapshot ``digest`` in the store at ``home``, rooted at the
+    SavedModel root. Files are opened without following links (open_no_follow), and each must
+    have the manifest's size: the stream never carries bytes from outside the store."""
     for d in manifest.dirs:
         info = tarfile.TarInfo(d)
         info.type = tarfile.DIRTYPE
@@ -24,8 +29,13 @@ def tar_chunks(snapshot: Path, manifest: Manifest) -> Iterator[bytes]:
         info.size = f.size
         info.mode = 0o644
         yield info.tobuf(tarfile.PAX_FORMAT)
-        with open(snapshot / f.path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
+        rel = f"snapshots/{digest}/{f.path}"
+        with os.fdopen(open_no_follow(home, rel), "rb") as fh:
+            if os.fstat(fh.fileno()).st_size != f.size:
+                raise StoreError(f"{home / rel} is not {f.size} bytes as its manifest says; run cachemgr verify")
+            left = f.size
+            while left and (chunk := fh.read(min(CHUNK, left))):
+                left -= len(chunk)
                 yield chunk
         if f.size % tarfile.BLOCKSIZE:
             yield b"\0" * (tarfile.BLOCKSIZE - f.size % tarfile.BLOCKSIZE)
