@@ -60,7 +60,7 @@ def main() -> None:
         sys.exit(2)
     except click.ClickException as err:
         report_usage_error(err)
-    except click.exceptions.Abort:
-        click.echo("cachemgr: aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("cachemgr: interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -70,6 +70,13 @@ class Command(click.Command):
             if state is not None and state.debug:
                 raise
             fail(os_error(exc), as_json)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: still one line, never a traceback (unless --debug)
+            if state is not None and state.debug:
+                raise
+            fail(CachemgrError(f"internal error ({type(exc).__name__}: {exc}); run the command again with "
+                               "--debug and report the traceback"), as_json)
 
 
 class Group(click.Group):
