@@ -3,7 +3,11 @@
 - ``tests.support.models``: ``build_mymul``, ``build_text_embedding``, ``build_big_model``
   (TensorFlow imported lazily) and, re-exported, the archive helpers.
 - ``tests.support.archives``: ``make_archive``/``archive_bytes`` and hostile/broken archives.
-- ``tests.support.origin``: ``FakeOrigin``, a tfhub.dev -> Kaggle -> signed GCS fake server.
+- ``tests.support.origin``: ``FakeOrigin``, a tfhub.dev -> Kaggle -> signed GCS fake server
+  (its catalog, routes, faults and records in ``origin_*``).
+
+The rest (``env``, ``cli``, ``suite``, ``bundles``, ``lifecycle``, ``daemons``, ``hostile``) is
+imported by module; tests/README.md lists every module.
 """
 
 from __future__ import annotations
