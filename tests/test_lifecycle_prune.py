@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,15 +29,18 @@ from tests.support.lifecycle import (
 )
 from tests.support.origin import FakeOrigin
 
+# `cachemgr du --json`'s models by handle: JSON documents.
+DuModels = dict[str, dict[str, Any]]
+
 
 @pytest.fixture
-def three(cli: Cli) -> dict[str, dict[str, object]]:
+def three(cli: Cli) -> DuModels:
     r = cli("pull", MYMUL, TEXT1, TEXT2)
     assert r.code == 0, r.err
     return {m["handle"]: m for m in json.loads(cli("du", "--json").out)["models"]}
 
 
-def test_max_size_respects_pins_and_lru_and_ends_under_budget(cli: Cli, home: Path, three: dict) -> None:
+def test_max_size_respects_pins_and_lru_and_ends_under_budget(cli: Cli, home: Path, three: DuModels) -> None:
     assert cli("pin", TEXT1, "--reason", "paper").code == 0
     # Use order: TEXT2 first (least recent), then MYMUL; TEXT1 is pinned and never used.
     for handle in (TEXT2, MYMUL):
@@ -70,7 +74,7 @@ def test_max_size_respects_pins_and_lru_and_ends_under_budget(cli: Cli, home: Pa
     assert consistency_problems(home) == []
 
 
-def test_dry_run_deletes_nothing_and_prints_the_plan(cli: Cli, home: Path, three: dict) -> None:
+def test_dry_run_deletes_nothing_and_prints_the_plan(cli: Cli, home: Path, three: DuModels) -> None:
     before = tree_state(home)
     r = cli("prune", "--max-size", "0", "--grace", "0", "--dry-run")
     assert r.code == 0, r.err
@@ -81,7 +85,7 @@ def test_dry_run_deletes_nothing_and_prints_the_plan(cli: Cli, home: Path, three
     assert "nothing deleted" in r.out
 
 
-def test_grace_period_keeps_fresh_models(cli: Cli, home: Path, three: dict) -> None:
+def test_grace_period_keeps_fresh_models(cli: Cli, home: Path, three: DuModels) -> None:
     before = tree_state(home)
     doc = json.loads(cli("prune", "--max-size", "0", "--json").out)  # default grace: 1h
     assert doc["plan"]["evict"] == [] and doc["result"]["freed_bytes"] == 0
@@ -89,13 +93,13 @@ def test_grace_period_keeps_fresh_models(cli: Cli, home: Path, three: dict) -> N
     assert tree_state(home) == before
 
 
-def test_keep_versions(cli: Cli, home: Path, three: dict) -> None:
+def test_keep_versions(cli: Cli, home: Path, three: DuModels) -> None:
     doc = json.loads(cli("prune", "--keep-versions", "1", "--grace", "0", "--json").out)
     assert doc["result"]["evicted"] == [TEXT1]
     assert cli("path", TEXT2).code == 0 and cli("path", MYMUL).code == 0
 
 
-def test_leftovers_are_collected_after_the_grace_period(cli: Cli, home: Path, three: dict) -> None:
+def test_leftovers_are_collected_after_the_grace_period(cli: Cli, home: Path, three: DuModels) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     name = unique_name("ingest").rsplit(".", 2)
     temp = home / "tmp" / f"{name[0]}.{dead.stdout.strip()}.{uuid.uuid4().hex[:16]}"
@@ -134,7 +138,7 @@ for line in sys.stdin:
 """
 
 
-def test_model_loaded_by_a_running_process_survives_prune(cli: Cli, home: Path, three: dict) -> None:
+def test_model_loaded_by_a_running_process_survives_prune(cli: Cli, home: Path, three: DuModels) -> None:
     env = dict(BASE_ENV, TFHUB_CACHE_DIR=str(home / "view"))
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, MYMUL], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)

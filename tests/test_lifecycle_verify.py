@@ -26,11 +26,13 @@ GOOD, CORRUPT, REPAIRED = 0, 11, 12
 
 
 def info(cli: Cli, handle: str) -> dict[str, object]:
-    return json.loads(cli("info", handle, "--json").out)
+    doc: dict[str, object] = json.loads(cli("info", handle, "--json").out)
+    return doc
 
 
 def manifest_files(home: Path, digest: str) -> list[list[object]]:
-    return json.loads((home / "manifests" / "sha256" / f"{digest}.json").read_bytes())["files"]
+    files: list[list[object]] = json.loads((home / "manifests" / "sha256" / f"{digest}.json").read_bytes())["files"]
+    return files
 
 
 def test_clean_store_verifies(cli: Cli, home: Path) -> None:
@@ -77,7 +79,7 @@ def test_flipped_byte_is_quarantined_no_longer_served_and_repaired(cli: Cli, hom
     assert r.code == REPAIRED, r.out + r.err
     assert all(p["repaired"] for p in json.loads(r.out)["problems"])
     assert origin.completed("gcs") == downloads + 1
-    assert blob.is_file() and (home / "view" / sha1(MYMUL) / path).is_file()
+    assert blob.is_file() and (home / "view" / sha1(MYMUL) / str(path)).is_file()
     assert cli("verify").code == GOOD
     assert consistency_problems(home) == []
 

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trustme
@@ -22,6 +23,8 @@ from tests.support.env import REPO
 from tests.support.origin import FakeOrigin
 from tests.support.suite import Archives
 
+T = TypeVar("T")
+
 
 class LoopThread:
     """Runs coroutines' servers on a private event loop in a thread."""
@@ -31,7 +34,7 @@ class LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def run(self, coro):  # type: ignore[no-untyped-def]
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
     def stop(self) -> None:
