@@ -9,6 +9,7 @@ the staging tree and leaves the store as it was.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -92,7 +93,16 @@ class TreeBuilder:
             target.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise UnsafeArchiveError(f"{self.name}: {path!r} is both a file and a directory") from None
+        except OSError as exc:
+            raise self._os_error(exc, path) from None
         self.dirs.add(path)
+
+    def _os_error(self, exc: OSError, path: str) -> UnsafeArchiveError | StoreError:
+        """A name the file system cannot hold is the archive's fault; anything else the disk's."""
+        if exc.errno == errno.ENAMETOOLONG:
+            return UnsafeArchiveError(f"{self.name}: member name {path[:80]!r}... is too long for the file "
+                                      "system; refused")
+        return disk_error(exc, self.store.tmp)
 
     def add_file(self, path: str, mode: int, source: Readable) -> None:
         self._count_entry()
@@ -105,7 +115,7 @@ class TreeBuilder:
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             raise UnsafeArchiveError(f"{self.name}: {path!r} collides with another entry") from None
         except OSError as exc:
-            raise disk_error(exc, self.store.tmp) from None
+            raise self._os_error(exc, path) from None
         digest = hashlib.sha256()
         size = 0
         try:
