@@ -14,7 +14,7 @@ import zlib
 from typing import BinaryIO, Literal, Protocol
 
 import zstandard
-from isal import igzip_threaded
+from isal import igzip_lib, igzip_threaded
 
 from cachemgr.errors import CorruptArchiveError, NotAnArchiveError
 
@@ -22,6 +22,9 @@ Compression = Literal["gzip", "zstd", "none"]
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
 _OTHER = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip"}
+# ISA-L's own error for bad deflate data; a plain Exception, neither OSError nor zlib.error
+# (isal's stubs declare it as an instance, hence the ignore).
+_ISAL_ERROR: type[Exception] = igzip_lib.IsalError  # type: ignore[assignment]
 
 
 class Readable(Protocol):
@@ -144,7 +147,7 @@ class _GuardedGzip(io.RawIOBase):
             raise CorruptArchiveError(
                 f"{self._name}: gzip stream is truncated; fetch the archive again"
             ) from None
-        except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+        except (gzip.BadGzipFile, zlib.error, _ISAL_ERROR, OSError) as exc:
             if isinstance(exc, gzip.BadGzipFile) and "CRC" in str(exc):
                 raise CorruptArchiveError(
                     f"{self._name}: gzip CRC check failed (data corrupted in transit or at the "
