@@ -36,8 +36,14 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 model``, ``2 models``: counts as people write them."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def format_size(n: int) -> str:
-    """``n`` bytes as a short human string (binary units)."""
+    """``n`` bytes as a short human string, the one style every command prints (binary units:
+    1.0 KiB = 1024 bytes, as ``10G`` means 10 GiB when parsed; ``10GB`` parses as 10^9)."""
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":

@@ -11,7 +11,7 @@ import click
 from cachemgr.cli.output import emit_json, table
 from cachemgr.cli.util import DURATION, SIZE, Ctx, command, json_option, pass_ctx, with_store
 from cachemgr.store.objects import Store
-from cachemgr.units import format_size
+from cachemgr.units import format_size, plural
 
 
 def _when(ts: float | None) -> str:
@@ -111,8 +111,8 @@ def prune(c: Ctx, store: Store, max_size: int | None, unused_for: float | None, 
     for p in plan.protected:
         click.echo(f"keep  {p.handle}  {p.reason}")
     if plan.snapshots or plan.manifests or plan.blobs or plan.temps:
-        click.echo(f"leftovers: {len(plan.snapshots)} snapshot(s), {len(plan.manifests)} manifest(s), "
-                   f"{len(plan.blobs)} blob(s), {len(plan.temps)} temp(s) "
+        click.echo(f"leftovers: {plural(len(plan.snapshots), 'snapshot')}, {plural(len(plan.manifests), 'manifest')}, "
+                   f"{plural(len(plan.blobs), 'blob')}, {plural(len(plan.temps), 'temp')} "
                    f"(older than the grace period of {format_age(policy.grace)})")
     for why in plan.unmet:
         click.echo(f"note: {why}", err=True)
@@ -122,8 +122,7 @@ def prune(c: Ctx, store: Store, max_size: int | None, unused_for: float | None, 
     else:
         for skipped in result.skipped:
             click.echo(f"skipped  {skipped}", err=True)
-        click.echo(f"freed {format_size(result.freed_bytes)} ({result.freed_bytes} bytes); "
-                   f"{len(result.evicted)} model(s) evicted")
+        click.echo(f"freed {format_size(result.freed_bytes)}; {plural(len(result.evicted), 'model')} evicted")
 
 
 @command()

@@ -110,6 +110,8 @@ def info(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
         emit_json(doc)
         return
     doc["fetched_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ref.fetched_at))
+    doc["size"] = format_size(ref.size)
+    doc["archive_size"] = format_size(ref.archive_size) if ref.archive_size is not None else None
     for key in ("handle", "manifest", "path", "size", "files", "source", "asked", "url",
                 "fetched_at", "etag", "x_goog_hash", "archive_size"):
         click.echo(f"{key + ':':14}{doc[key]}")

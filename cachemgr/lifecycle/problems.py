@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from cachemgr.lifecycle.scrub_state import ScrubState
+from cachemgr.units import format_size, plural
 
 
 class ProblemKind(StrEnum):
@@ -117,19 +118,21 @@ class VerifyReport:
             return Outcome("ok", "")
         left = [p for p in self.problems if not p.repaired]
         if not left:
-            return Outcome("corruption_repaired", f"{len(self.problems)} problem(s) found and all repaired")
+            return Outcome("corruption_repaired", f"{plural(len(self.problems), 'problem')} found and all repaired")
         hint = ("see the errors above" if self.repair_errors else
                 "run `cachemgr verify --repair` to re-fetch or rebuild what is damaged")
-        return Outcome("corruption_found", f"{len(self.problems)} problem(s) found, {len(left)} not repaired; {hint}")
+        return Outcome("corruption_found",
+                       f"{plural(len(self.problems), 'problem')} found, {len(left)} not repaired; {hint}")
 
     def lines(self) -> list[str]:
         out = [f"{'repaired' if p.repaired else p.kind:22} {p.subject}  {p.message}"
-               + (f" [{p.action}]" if p.action else "") for p in self.problems]
+               + (f" [{p.action}]" if p.action else "")
+               + (f"  affects: {', '.join(p.models)}" if p.models else "") for p in self.problems]
         out += [f"repair failed: {e}" for e in self.repair_errors]
         out += [f"loads: {h}  signatures: {', '.join(s) or '(none)'}" for h, s in sorted(self.signatures.items())]
-        rate = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
-        out.append(f"verified {self.blobs} blob(s) ({self.bytes} bytes, {rate:.0f} MB/s) and {self.models} "
-                   f"model(s) in {self.seconds:.1f}s")
+        rate = round(self.bytes / self.seconds) if self.seconds > 0 else 0
+        out.append(f"verified {plural(self.blobs, 'blob')} ({format_size(self.bytes)}, {format_size(rate)}/s) "
+                   f"and {plural(self.models, 'model')} in {self.seconds:.1f}s")
         if self.partial and self.state is not None:
             out.append(f"partial scrub: stopped at --max-duration; the next run continues with the "
                        f"{self.state.phase} after {self.state.cursor[:16] or 'the start'}")

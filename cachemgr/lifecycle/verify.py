@@ -119,8 +119,10 @@ class Verifier:
                 self.report.quarantines.append(QuarantineOrder("blob", res.key, f"sha256 is {res.digest}"))
                 for digest in users:
                     self.retire(digest, f"blob {res.key} is corrupt")
-                self.problem(ProblemKind.BLOB_CORRUPT, res.key, f"content hashes to {res.digest[:16]}…; quarantined, "
-                             f"{len(users)} model version(s) taken out of service", self.handles_of(users))
+                handles = self.handles_of(users)
+                taken = f"{', '.join(handles)} taken out of service" if handles else "no model uses it"
+                self.problem(ProblemKind.BLOB_CORRUPT, res.key,
+                             f"content hashes to {res.digest[:16]}…; quarantined; {taken}", handles)
             self.report.blobs += 1
             self.report.bytes += res.size
             state = state.advance(cursor=res.key, blobs_done=state.blobs_done + 1,

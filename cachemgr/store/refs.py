@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,12 @@ class RefIndex:
         return self.read(canonical) if canonical else None
 
     def require(self, text: str) -> Ref:
+        """The ref for ``text``; HandleError if it is not a handle at all, NotCachedError if not stored."""
+        parse_handle(text)
         ref = self.lookup(text)
         if ref is None:
             raise NotCachedError(
-                f"{text} is not in the store; run `cachemgr pull {text}` "
+                f"{text} is not in the store; run `cachemgr pull {shlex.quote(text)}` "
                 "(or `cachemgr import` a bundle that contains it)"
             )
         return ref
