@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -279,6 +280,49 @@ def test_a_reload_lets_old_workers_finish_long_forwarded_requests(cli: Cli, orig
     ((code, doc),) = bg.join()
     assert code == 200 and doc["fetched"] is True, doc
     assert wait_for(lambda: not alive(old), 30), "the old worker did not leave once it was done"
+
+
+def _sockets_of(pid: int) -> set[int]:
+    """The inodes of the sockets ``pid`` holds open."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                out.add(int(link[8:-1]))
+    return out
+
+
+def _listening_inode(path: Path) -> int:
+    """The inode of the listening Unix socket bound at ``path`` (flag __SO_ACCEPTCON in /proc/net/unix)."""
+    with open("/proc/net/unix") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            if len(fields) == 8 and fields[7] == str(path) and int(fields[3], 16) & 0x10000:
+                return int(fields[6])
+    raise AssertionError(f"no listening socket at {path}")
+
+
+def test_a_stopping_worker_answers_a_connection_it_accepted_before_the_request_came(
+        cli: Cli, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, 2)
+    (worker,) = status(d)["workers"]
+    listener = _listening_inode(d.sock)
+    with primary_stopped(d), socket.socket(socket.AF_UNIX) as conn:  # only the worker accepts
+        before = _sockets_of(worker)
+        conn.settimeout(30)
+        conn.connect(str(d.sock))
+        assert wait_for(lambda: bool(_sockets_of(worker) - before), 10), "the worker did not accept"
+        os.kill(worker, signal.SIGTERM)  # what a reload does; the client has not sent its request yet
+        assert wait_for(lambda: listener not in _sockets_of(worker), 10), "the worker kept accepting"
+        conn.sendall(b"GET /v1/health HTTP/1.1\r\nHost: cachemgr\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), reply
+    assert json.loads(body)["pid"] == worker
+    assert wait_for(lambda: not alive(worker), 30), "the worker did not leave once it had answered"
 
 
 def test_two_quick_reloads_leave_one_set_of_workers(cli: Cli, home: Path, daemons: list[Daemon]) -> None:

@@ -18,6 +18,7 @@ import signal
 import socket
 import struct
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +43,9 @@ READY = b"ready\n"
 # the primary's fetch, so a reload (which replaces the workers) must not cut it; at shutdown the
 # primary cancels its fetches first, and kills a worker that is not gone after STOP_TIMEOUT.
 DRAIN_TIMEOUT = 6 * 3600.0
+# How long a stopping worker waits for the first request on a connection it accepted (aiohttp's
+# default keep-alive timeout, after which it closes a connection that sent nothing anyway).
+FIRST_REQUEST_TIMEOUT = 75.0
 
 
 @dataclass(frozen=True)
@@ -98,16 +102,39 @@ class WorkerState:
         pass
 
 
-def forwarding_middleware(slot: CounterSlot, forward: Handler) -> Middleware:
+def forwarding_middleware(slot: CounterSlot, forward: Handler,
+                          spoken: weakref.WeakSet[asyncio.BaseTransport]) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         slot.request()
+        if request.transport is not None:
+            spoken.add(request.transport)  # a connection that brought a request (see stop_accepting)
         try:
             return await handler(request)
         except (ForwardToPrimary, CachemgrError):  # the primary gives the answer (and counts the error)
             return await forward(request)
 
     return middleware
+
+
+async def stop_accepting(runner: web.AppRunner, spoken: weakref.WeakSet[asyncio.BaseTransport]) -> None:
+    """Close our listening sockets, then wait until each connection we accepted has brought its
+    first request (or closed). Connections still queued go to the other processes; but aiohttp's
+    shutdown closes every connection with no request in progress, and one we accepted whose request
+    had not arrived yet would be dropped unanswered (or, its bytes discarded, hang until the drain
+    timeout), though the client did nothing wrong: a reload would cut it."""
+    for site in list(runner.sites):
+        await site.stop()
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FIRST_REQUEST_TIMEOUT
+    while loop.time() < deadline:
+        # Sleep first: connections accepted just before the sockets closed are registered
+        # with the server one or two loop iterations later.
+        await asyncio.sleep(0.05)
+        if all(c.transport is None or c.transport in spoken for c in server.connections):
+            return
 
 
 async def serve(spec: WorkerSpec, control: int) -> None:
@@ -121,7 +148,8 @@ async def serve(spec: WorkerSpec, control: int) -> None:
         return await forwarder(request)
 
     state = WorkerState(spec.settings, slot)
-    app = create_app(state, forward, forwarding_middleware(slot, forward))
+    spoken: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+    app = create_app(state, forward, forwarding_middleware(slot, forward, spoken))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT, access_log=None)
     await runner.setup()
     for fd in spec.fds:
@@ -149,6 +177,7 @@ async def serve(spec: WorkerSpec, control: int) -> None:
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
     await stop.wait()
+    await stop_accepting(runner, spoken)
     await runner.cleanup()
     await forwarder.close()
     counters.close()
