@@ -140,7 +140,7 @@ def test_add_refuses_symlink_in_directory(cli: Cli, models: Models, tmp_path: Pa
 
 def test_add_missing_path(cli: Cli, tmp_path: Path) -> None:
     r = cli("add", HANDLE, str(tmp_path / "nope.tar.gz"))
-    assert r.code == 10 and "does not exist" in r.err
+    assert r.code == 2 and "does not exist" in r.err  # bad input, not a store error (was 10)
 
 
 def test_blobs_on_another_filesystem_fall_back_to_copies(cli: Cli, archives: Archives, tmp_path: Path) -> None:
