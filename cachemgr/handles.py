@@ -111,7 +111,11 @@ def parse_handle(text: str) -> Handle:
                 raise _bad(raw, "a kagglehub handle needs a version: OWNER/MODEL/FRAMEWORK/VARIATION/N")
             return _kaggle_handle(raw, _kaggle_from_segments(raw, segs))
         raise _bad(raw, "it is neither a URL nor a kagglehub handle")
-    parts = urllib.parse.urlsplit(raw)
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        port = parts.port  # parsed here: a bad port raises ValueError too
+    except ValueError as exc:  # e.g. "http://[::1/x", "http://h:99999/x", "http://\uff03h/x"
+        raise _bad(raw, f"it is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https"):
         raise _bad(raw, f"scheme {parts.scheme!r} is not supported (use http or https)")
     host = (parts.hostname or "").lower()
@@ -133,7 +137,7 @@ def parse_handle(text: str) -> Handle:
             return Handle(raw, "tfhub_cn", canonical, CN_DOWNLOAD.format(path=path), False)
         canonical = f"https://tfhub.dev/{path}"
         return Handle(raw, "tfhub", canonical, canonical, True)
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    netloc = host + (f":{port}" if port else "")
     path = "/" + "/".join(segs)
     canonical = urllib.parse.urlunsplit(
         (parts.scheme, netloc, path, urllib.parse.urlencode(query), "")
