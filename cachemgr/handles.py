@@ -137,6 +137,8 @@ def parse_handle(text: str) -> Handle:
             return Handle(raw, "tfhub_cn", canonical, CN_DOWNLOAD.format(path=path), False)
         canonical = f"https://tfhub.dev/{path}"
         return Handle(raw, "tfhub", canonical, canonical, True)
+    if parts.netloc.rpartition("@")[2].startswith("["):  # an IPv6 (or IPvFuture) literal keeps its brackets
+        host = f"[{host}]"
     netloc = host + (f":{port}" if port else "")
     path = "/" + "/".join(segs)
     canonical = urllib.parse.urlunsplit(
