@@ -49,9 +49,13 @@ def test_a_missing_store_is_one_error_for_every_reader(cli: Cli, tmp_path: Path,
     assert not typo.exists(), "a command that only reads made the store"
 
 
-def test_add_of_a_missing_path_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+def test_a_missing_input_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
     r = cli("add", TFHUB, str(tmp_path / "nope.tar.gz"))
     assert r.code == 2 and "does not exist" in one_line(r.err)
+    r = cli("import", str(tmp_path / "nope.tar.zst"))
+    assert r.code == 2 and "nope.tar.zst does not exist" in one_line(r.err)
+    r = cli("import", str(tmp_path / "nope.tar.zst.part*"))
+    assert r.code == 2 and "no file matches" in one_line(r.err)
 
 
 def test_os_errors_are_one_line_and_debug_shows_the_traceback(cli: Cli, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from cachemgr.bundle.format import Inventory
 from cachemgr.bundle.importer import ImportResult, import_bundle, take_inventory
 from cachemgr.cli.output import emit_json
 from cachemgr.cli.util import SIZE, Ctx, command, json_option, pass_ctx, with_store
-from cachemgr.errors import BundleError, UsageError
+from cachemgr.errors import UsageError
 from cachemgr.progress import Bars
 from cachemgr.store.fs import atomic_write
 from cachemgr.store.objects import Store
@@ -81,7 +81,9 @@ def _expand(files: tuple[str, ...]) -> list[list[Path]]:
     for text in files:
         matches = sorted(glob.glob(text)) if not Path(text).exists() and glob.has_magic(text) else [text]
         if not matches:
-            raise BundleError(f"no file matches {text}; give the bundle file or its parts")
+            raise UsageError(f"no file matches {text}; give the bundle file or its parts")
+        if not glob.has_magic(text) and not Path(text).exists():
+            raise UsageError(f"{text} does not exist; give the bundle file (.tar.zst) or its parts")
         paths += [Path(m) for m in matches]
     parts = [p for p in paths if p.is_file() and read_part_header(p) is not None]
     wholes = [[p] for p in paths if p not in parts]
