@@ -140,7 +140,9 @@ def parse_handle(text: str) -> Handle:
     if parts.netloc.rpartition("@")[2].startswith("["):  # an IPv6 (or IPvFuture) literal keeps its brackets
         host = f"[{host}]"
     netloc = host + (f":{port}" if port else "")
-    path = "/" + "/".join(segs)
+    # spaces and control characters percent-encoded, as a browser would: parse_handle strips the
+    # ends of what it is given, so a canonical "http://h/x " would name another model, "http://h/x"
+    path = "/" + "".join(urllib.parse.quote(c) if c.isspace() or c < "!" else c for c in "/".join(segs))
     canonical = urllib.parse.urlunsplit(
         (parts.scheme, netloc, path, urllib.parse.urlencode(query), "")
     )
