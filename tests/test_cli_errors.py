@@ -7,6 +7,7 @@ traceback that is otherwise never shown.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,19 @@ def test_os_errors_are_one_line_and_debug_shows_the_traceback(cli: Cli, tmp_path
     assert r.code == 10 and str(blocker / "store") in line, r.err
     r = cli("--debug", "--home", str(blocker / "store"), "pull", TFHUB)
     assert r.code != 0 and "Traceback (most recent call last)" in r.err
+
+
+def test_pull_and_export_read_handles_from_a_file(cli: Cli, tmp_path: Path) -> None:
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"# the paper's models\n{TFHUB}   # mymul\n\n   \n{TFHUB}/\n")
+    r = cli("pull", "--from-file", str(listing), "--json")
+    assert r.code == 0, r.err
+    assert [x["handle"] for x in json.loads(r.out)["results"]] == [TFHUB, f"{TFHUB}/"]
+    r = cli("export", "--from-file", str(listing), "-o", str(tmp_path / "b.tar.zst"), "--json")
+    assert r.code == 0 and json.loads(r.out)["models"] == [TFHUB], r.out + r.err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n")
+    r = cli("pull", "--from-file", str(empty))
+    assert r.code == 2 and "no handles given" in one_line(r.err)
+    r = cli("pull", "--from-file", str(tmp_path / "absent.txt"))
+    assert r.code == 2 and "absent.txt" in one_line(r.err)

@@ -15,7 +15,7 @@ from cachemgr.bundle.export import build_manifest, live_pins, select_refs, write
 from cachemgr.bundle.format import Inventory
 from cachemgr.bundle.importer import ImportResult, import_bundle, take_inventory
 from cachemgr.cli.output import emit_json
-from cachemgr.cli.util import SIZE, Ctx, command, json_option, pass_ctx, with_store
+from cachemgr.cli.util import SIZE, Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
 from cachemgr.errors import UsageError
 from cachemgr.progress import Bars
 from cachemgr.store.fs import atomic_write
@@ -26,6 +26,7 @@ from cachemgr.units import format_size
 
 @command()
 @click.argument("handles", nargs=-1)
+@from_file_option
 @click.option("--all", "everything", is_flag=True, help="Export every model in the store.")
 @click.option("--pinned", is_flag=True, help="Export every pinned model (live pins).")
 @click.option("--with-pins", is_flag=True, help="Carry the pins themselves, so the other side keeps them pinned.")
@@ -37,10 +38,12 @@ from cachemgr.units import format_size
 @json_option
 @pass_ctx
 @with_store(clean=True)
-def export(c: Ctx, store: Store, handles: tuple[str, ...], everything: bool, pinned: bool, with_pins: bool,
-           output: Path, have: Path | None, split_size: int | None, sign_key: Path | None, as_json: bool) -> None:
+def export(c: Ctx, store: Store, handles: tuple[str, ...], from_file: Path | None, everything: bool, pinned: bool,
+           with_pins: bool, output: Path, have: Path | None, split_size: int | None, sign_key: Path | None,
+           as_json: bool) -> None:
     """Write models (their refs, manifests and blobs, each once) to one .tar.zst bundle."""
-
+    if from_file is not None:
+        handles = tuple(handles_from(handles, from_file))
     inv = None
     if have is not None:
         try:

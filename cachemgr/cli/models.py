@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from cachemgr.cli.output import emit_json, table
-from cachemgr.cli.util import Ctx, command, json_option, pass_ctx, with_store
+from cachemgr.cli.util import Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
 from cachemgr.errors import NotCachedError, exit_code_for
 from cachemgr.fetch.pull import add_local, pull_handles
 from cachemgr.progress import Bars
@@ -28,14 +28,17 @@ def _ref_json(ref: Ref, store: Store) -> dict[str, Any]:
 
 
 @command()
-@click.argument("handles", nargs=-1, required=True)
+@click.argument("handles", nargs=-1)
+@from_file_option
 @click.option("--refresh", is_flag=True, help="Fetch again even if the model is present.")
 @json_option
 @pass_ctx
 @with_store(create=True, clean=True)
-def pull(c: Ctx, store: Store, handles: tuple[str, ...], refresh: bool, as_json: bool) -> None:
+def pull(c: Ctx, store: Store, handles: tuple[str, ...], from_file: Path | None, refresh: bool,
+         as_json: bool) -> None:
     """Fetch models into the store (several at once)."""
-    results = pull_handles(c.settings, store, list(handles), refresh, Bars(sys.stderr.isatty() and not as_json))
+    wanted = handles_from(handles, from_file)
+    results = pull_handles(c.settings, store, wanted, refresh, Bars(sys.stderr.isatty() and not as_json))
     failures = [r for r in results if r.error is not None]
     if as_json:
         emit_json({"results": [r.to_json() for r in results]})

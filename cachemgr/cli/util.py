@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from cachemgr.cli.output import fail
-from cachemgr.errors import CachemgrError, ConfigError, StoreError
+from cachemgr.errors import CachemgrError, ConfigError, StoreError, UsageError
 from cachemgr.settings import Settings, load_settings
 from cachemgr.store.objects import open_store
 from cachemgr.units import parse_duration, parse_size
@@ -102,6 +102,28 @@ def with_store(*, create: bool = False, missing_ok: bool = False, clean: bool = 
             return fn(c, store, *args, **kwargs)
         return wrapper  # type: ignore[return-value]
     return decorate
+
+
+from_file_option = click.option(
+    "--from-file", "from_file", type=click.Path(allow_dash=True, path_type=Path),
+    help="Also read handles from FILE, one per line ('#' starts a comment; - is stdin).")
+
+
+def handles_from(args: tuple[str, ...], from_file: Path | None) -> list[str]:
+    """The handles given as arguments plus those in ``--from-file``, in order, each once."""
+    handles = list(args)
+    if from_file is not None:
+        try:
+            text = sys.stdin.read() if str(from_file) == "-" else from_file.read_text()
+        except OSError as exc:
+            raise UsageError(f"--from-file {from_file}: {exc.strerror}; give a readable file of handles") from None
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                handles.append(line)
+    if not handles:
+        raise UsageError("no handles given; name them as arguments or with --from-file FILE")
+    return list(dict.fromkeys(handles))
 
 
 class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.4 on
