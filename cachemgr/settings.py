@@ -190,6 +190,10 @@ class Settings:
     backoff: float = _setting(0.5, parse_duration, "CACHEMGR_BACKOFF")
     connect_timeout: float = _setting(30.0, parse_duration)
     read_timeout: float = _setting(300.0, parse_duration)
+    # curl's --speed-limit/--speed-time: under low_speed_limit bytes/s for low_speed_time seconds
+    # is a stall (retried with a Range resume, then an error); either one 0 turns the rule off.
+    low_speed_limit: int = _setting(1024, parse_size, "CACHEMGR_LOW_SPEED_LIMIT")
+    low_speed_time: float = _setting(60.0, parse_duration, "CACHEMGR_LOW_SPEED_TIME")
     temp_grace: float = _setting(24 * 3600.0, parse_duration)
     # daemon
     socket: Path | None = _setting(None, _path, "CACHEMGR_SOCKET")

@@ -6,7 +6,12 @@
 - resume with ``Range`` after a broken transfer, re-resolving from the start when the
   signed storage URL has expired (403/400/410);
 - md5 from ``x-goog-hash`` checked before the stream is declared complete;
-- ``HTTPS_PROXY``/``NO_PROXY`` honoured (trust_env) and a custom CA bundle.
+- ``HTTPS_PROXY``/``NO_PROXY`` honoured (trust_env) and a custom CA bundle;
+- hostile or broken servers bounded: curl's low-speed rule (``low_speed_limit`` bytes/s for
+  ``low_speed_time`` s) ends a dripping transfer (retried and resumed like a broken one) and
+  each wait for response headers; header lines, fields and counts are capped; a redirect's
+  body is never read (so a gzip bomb on a 302 costs nothing); bytes after the end of a body
+  (more than its Content-Length) and other malformed responses are refused, not retried.
 """
 
 from __future__ import annotations
@@ -21,16 +26,25 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 
 from cachemgr import __version__
 from cachemgr.errors import FetchError, IntegrityError, TruncatedDownloadError
+from cachemgr.fetch.lowspeed import LowSpeed, low_speed_on
 from cachemgr.settings import Settings
+from cachemgr.units import format_size
 
 Sink = Callable[[bytes], Awaitable[None]]
 Progress = Callable[[int, int | None], None]
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_HOPS = 10
 _READ = 1 << 20
+# Response header caps (aiohttp's defaults are 8190/8190/128): a signed storage URL in a
+# Location header is 1-3 KiB, so 16 KiB a line leaves room; at most 2 MiB of headers in all.
+_MAX_LINE = 16 * 1024
+_MAX_HEADERS = 128
+_FIX_SERVER = ("the server or a proxy in between is broken or hostile; check the URL, "
+               "the mirror rules (CACHEMGR_MIRRORS) and the proxy (HTTPS_PROXY)")
 
 
 @dataclass
@@ -77,6 +91,9 @@ def make_session(settings: Settings) -> aiohttp.ClientSession:
         timeout=timeout,
         trust_env=True,
         auto_decompress=False,
+        max_line_size=_MAX_LINE,
+        max_field_size=_MAX_LINE,
+        max_headers=_MAX_HEADERS,
         headers={"User-Agent": f"cachemgr/{__version__}", "Accept-Encoding": "identity"},
     )
 
@@ -126,20 +143,15 @@ class Fetcher:
         logical = current or start
         chain: list[str] = [] if current else [start]
         headers = {"Range": f"bytes={info.size}-"} if info.size else {}
+        hops = [logical]
         for _hop in range(_MAX_HOPS):
-            actual = rewrite(logical, self.settings.mirrors)
-            try:
-                resp = await self.session.get(actual, allow_redirects=False, headers=headers)
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                err = FetchError(
-                    f"{logical}: cannot connect ({exc.__class__.__name__}: {exc}); "
-                    "check the network, proxy (HTTPS_PROXY) or mirror settings",
-                    url=logical,
-                )
-                raise _Retry(err) from None
+            resp = await self._get(logical, headers)
             if resp.status in _REDIRECTS and "Location" in resp.headers:
+                # Released unread: a redirect's body is never read nor inflated (a gzip bomb
+                # on a 302 costs nothing); the connection is closed if the body was unfinished.
                 resp.release()
                 logical = urllib.parse.urljoin(logical, resp.headers["Location"])
+                hops.append(logical)
                 chain.append(logical)
                 continue
             if resp.status in (200, 206):
@@ -148,7 +160,40 @@ class Fetcher:
                 info.url = logical
                 return resp, logical
             await self._raise_status(resp, logical, signed=logical != start)
-        raise FetchError(f"{start}: more than {_MAX_HOPS} redirects; check the URL", url=start)
+        where = _where(start)
+        if len(set(hops)) < len(hops):
+            again = _where(next(u for u in hops if hops.count(u) > 1))
+            raise FetchError(
+                f"{where}: redirect loop ({again} came round again; stopped after {_MAX_HOPS} hops); "
+                "the server is misconfigured: check the URL and the mirror rules (CACHEMGR_MIRRORS)",
+                url=where,
+            )
+        raise FetchError(f"{where}: more than {_MAX_HOPS} redirects; check the URL", url=where)
+
+    async def _get(self, logical: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """One GET, no redirects; its response headers must come within ``low_speed_time``."""
+        wait = self.settings.low_speed_time if low_speed_on(self.settings) else None
+        deadline = asyncio.timeout(wait)
+        try:
+            async with deadline:
+                return await self.session.get(
+                    rewrite(logical, self.settings.mirrors), allow_redirects=False, headers=headers
+                )
+        except aiohttp.ClientResponseError as exc:
+            malformed = _malformed(_where(logical), exc)
+            if malformed is None:
+                raise _Retry(_cannot_connect(logical, exc)) from None
+            raise malformed from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if deadline.expired():
+                where = _where(logical)
+                raise _Retry(FetchError(
+                    f"{where}: stalled: no response within {wait:g}s; retried "
+                    f"{self.settings.retries} times, try again later, or if the server is just "
+                    "slow raise low_speed_time (CACHEMGR_LOW_SPEED_TIME)",
+                    url=where,
+                )) from None
+            raise _Retry(_cannot_connect(logical, exc)) from None
 
     async def _raise_status(
         self, resp: aiohttp.ClientResponse, logical: str, signed: bool
@@ -200,8 +245,19 @@ class Fetcher:
             info.x_goog_hash = ",".join(resp.headers.getall("x-goog-hash", [])) or None
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() and resp.status == 200 else None
+        # The parser's error is on the connection when bytes follow the end of the body.
+        proto = resp.connection.protocol if resp.connection is not None else None
+        watch = LowSpeed(self.settings, resp)
         try:
             async for chunk in resp.content.iter_chunked(_READ):
+                watch.got += len(chunk)
+                if proto is not None and resp.content.is_eof() and isinstance(proto.exception(), HttpProcessingError):
+                    where = _where(info.url)
+                    raise FetchError(
+                        f"{where}: upstream sent bytes past the end of the body (more than its "
+                        f"Content-Length); refused: {_FIX_SERVER}",
+                        url=where,
+                    )
                 if skip:
                     cut = min(skip, len(chunk))
                     chunk, skip = chunk[cut:], skip - cut
@@ -210,21 +266,76 @@ class Fetcher:
                 if info.x_goog_hash is not None:  # md5 only when there is one to check against
                     md5.update(chunk)
                 info.size += len(chunk)
+                watch.hold()  # time in the sink (disk, inflate) is not the network's
                 await sink(chunk)
+                watch.release()
                 if progress is not None:
                     progress(info.size, total)
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+            if watch.stalled:
+                raise _Retry(self._stalled(info)) from None
             raise _Retry(TruncatedDownloadError(
                 f"{info.url}: download broke off after {info.size} bytes ({exc.__class__.__name__});"
                 " the server kept failing, try again later",
                 url=info.url,
             )) from None
+        finally:
+            watch.stop()
+        if watch.stalled:  # closed under the read, which may have ended as if at the end
+            raise _Retry(self._stalled(info))
         if total is not None and info.size < total:
             raise _Retry(TruncatedDownloadError(
                 f"{info.url}: download truncated at {info.size} of {total} bytes; try again",
                 url=info.url,
             ))
         return total
+
+    def _stalled(self, info: FetchInfo) -> TruncatedDownloadError:
+        s, where = self.settings, _where(info.url)
+        return TruncatedDownloadError(
+            f"{where}: download stalled at {info.size} bytes: under {format_size(s.low_speed_limit)}/s "
+            f"for {s.low_speed_time:g}s, resumed {s.retries} times; try again later, or if the line "
+            "is just slow lower low_speed_limit or raise low_speed_time "
+            "(CACHEMGR_LOW_SPEED_LIMIT, CACHEMGR_LOW_SPEED_TIME)",
+            url=where,
+        )
+
+
+def _where(url: str) -> str:
+    """``url`` without its query (signatures, tf-hub-format): what messages show."""
+    return urllib.parse.urlsplit(url)._replace(query="").geturl()
+
+
+def _cannot_connect(logical: str, exc: BaseException) -> FetchError:
+    return FetchError(
+        f"{logical}: cannot connect ({exc.__class__.__name__}: {exc}); "
+        "check the network, proxy (HTTPS_PROXY) or mirror settings",
+        url=logical,
+    )
+
+
+def _malformed(where: str, exc: aiohttp.ClientResponseError) -> FetchError | None:
+    """The error for a response aiohttp's parser refused (too large, not HTTP); else None."""
+    causes: list[HttpProcessingError] = []
+    cause = exc.__cause__
+    while isinstance(cause, HttpProcessingError):
+        causes.append(cause)
+        cause = cause.__cause__
+    if not causes:
+        return None  # e.g. a proxy that refused CONNECT: a connection problem
+    if any(isinstance(c, LineTooLong) or "Too many headers" in c.message for c in causes):
+        return FetchError(
+            f"{where}: upstream response headers are too large (over {_MAX_LINE // 1024} KiB "
+            f"a line or {_MAX_HEADERS} headers); refused: {_FIX_SERVER}",
+            url=where,
+        )
+    inner = causes[-1]
+    if isinstance(inner, BadStatusLine):
+        what = "not HTTP, or bytes after the end of a body longer than its Content-Length"
+    else:
+        what = f"{type(inner).__name__}: {(inner.message.splitlines() or [''])[0][:80]}"
+    return FetchError(f"{where}: upstream sent a malformed HTTP response ({what}); refused: {_FIX_SERVER}",
+                      url=where)
 
 
 def _range_skip(resp: aiohttp.ClientResponse, offset: int, url: str) -> int:
