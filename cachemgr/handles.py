@@ -19,8 +19,8 @@ Kind = Literal["tfhub", "kaggle", "tfhub_cn", "http"]
 _TFHUB_HOSTS = {"tfhub.dev", "www.tfhub.dev"}
 _KAGGLE_HOSTS = {"kaggle.com", "www.kaggle.com"}
 _CN_HOST = "hub.tensorflow.google.cn"
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_VERSION = re.compile(r"^[0-9]+$")
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")  # \Z, not $: "$" also matches before a final "\n"
+_VERSION = re.compile(r"[0-9]+\Z")
 _DROP_QUERY = {"tf-hub-format", "tfhub-redirect"}
 CN_DOWNLOAD = "https://gcs.tensorflow.google.cn/tfhub-modules/{path}.tar.gz"
 
