@@ -6,17 +6,17 @@ set -euo pipefail
 export TF_CPP_MIN_LOG_LEVEL=3
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
-port=$(python -c '
-import socket
-s = socket.socket()
-try:
-    s.bind(("127.0.0.1", 8470))  # a stable handle across runs when the port is free
-except OSError:
-    s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
-handle="http://127.0.0.1:$port/example/mymul/1"
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The handle names a hub host that does not exist; a mirror rule sends its fetches to the
+# loopback server. So the handle (and tensorflow_hub's cache key, its sha1) is the same on
+# every run whatever port is free, and running this again finds the model already there.
+handle="https://hub.example.invalid/example/mymul/1"
+export CACHEMGR_MIRRORS="https://hub.example.invalid/=http://127.0.0.1:$port/"
+quiet() {  # TensorFlow's start-up chatter (CUDA probes, oneDNN notes) goes to a log, shown on failure
+  "$@" 2>"$work/tf.log" || { cat "$work/tf.log" >&2; return 1; }
+}
 
-python "$here/make_model.py" "$work/srv/example/mymul/1"
+quiet python "$here/make_model.py" "$work/srv/example/mymul/1"
 python -m http.server --bind 127.0.0.1 "$port" --directory "$work/srv" >/dev/null 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -28,7 +28,7 @@ kill "$server"; wait "$server" 2>/dev/null || true     # the "hub" is gone from 
 
 eval "$(cachemgr env)"
 echo "TFHUB_CACHE_DIR=$TFHUB_CACHE_DIR"
-python - "$handle" <<'PY'
+quiet python - "$handle" <<'PY'
 import sys
 import tensorflow as tf
 import tensorflow_hub as hub
