@@ -79,6 +79,9 @@ class BundleManifest:
         except (ValueError, UnicodeDecodeError):
             raise NotABundleError(f"{where} is not a cachemgr bundle (its manifest is not JSON); "
                                   "give a file written by cachemgr export") from None
+        except RecursionError:  # e.g. 1000 nested "[": no manifest cachemgr writes nests deeper than 6
+            raise NotABundleError(f"{where} is not a cachemgr bundle (its manifest nests too deeply); "
+                                  "give a file written by cachemgr export") from None
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             raise NotABundleError(f"{where} is not a cachemgr bundle; give a file written by cachemgr export")
         version = doc.get("format")
@@ -89,7 +92,7 @@ class BundleManifest:
                                     f"understands ({FORMAT}); upgrade cachemgr on this side")
         try:
             return _parse(doc, where)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise BundleError(f"{where}: bundle manifest is malformed ({type(exc).__name__}: {exc}); "
                               "export it again") from None
 
