@@ -92,7 +92,7 @@ class BundleManifest:
                                     f"understands ({FORMAT}); upgrade cachemgr on this side")
         try:
             return _parse(doc, where)
-        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
             raise BundleError(f"{where}: bundle manifest is malformed ({type(exc).__name__}: {exc}); "
                               "export it again") from None
 
