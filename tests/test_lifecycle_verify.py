@@ -68,11 +68,11 @@ def test_flipped_byte_is_quarantined_no_longer_served_and_repaired(cli: Cli, hom
     assert not blob.exists() and any(n.startswith("blob-" + str(blob_sha)) for n in os.listdir(home / "quarantine"))
     assert not (home / "view" / sha1(MYMUL)).exists() and not (home / "snapshots" / digest).exists()
     # tensorflow_hub no longer gets it: with no network at all, the load misses.
-    if shutil.which("unshare"):
-        env = dict(BASE_ENV, TFHUB_CACHE_DIR=str(home / "view"))
-        hub = subprocess.run(["unshare", "-n", sys.executable, "-c", HUB_LOAD, MYMUL], env=env, cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
-        assert hub.returncode != 0 and "LOADED" not in hub.stdout
+    assert shutil.which("unshare"), "unshare (util-linux) is required: .ci/run installs it"
+    env = dict(BASE_ENV, TFHUB_CACHE_DIR=str(home / "view"))
+    hub = subprocess.run(["unshare", "-n", sys.executable, "-c", HUB_LOAD, MYMUL], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert hub.returncode != 0 and "LOADED" not in hub.stdout
 
     downloads = origin.completed("gcs")
     r = cli("verify", "--repair", "--json")
