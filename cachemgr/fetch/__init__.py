@@ -1,6 +1,7 @@
 """Fetch: getting models from the network into the store.
 
 http.py      HTTP the way tensorflow_hub fetches (redirects by hand, retries, resume, md5)
+lowspeed.py  curl's low-speed rule: a transfer under low_speed_limit for low_speed_time is a stall
 probe.py     cheap HEAD probes along the redirect chain (ETag / x-goog-hash)
 upstream.py  other cachemgr daemons as sources: their refs, manifests and blobs, checked
 pull.py      ``pull`` and ``add``: the orchestration, and opening the store from settings
