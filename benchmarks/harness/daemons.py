@@ -1,8 +1,8 @@
 """``cachemgr daemon`` for the benchmarks: the tests' runner (``tests/support/daemons.py``), started,
 checked, and measured.
 
-Not imported by ``benchmarks.harness`` itself: the tests' runner imports pytest (through
-``tests.conftest``), which the benchmarks' children have no use for.
+Not imported by ``benchmarks.harness`` itself: ``tests.support`` brings in the fake origin
+(aiohttp), which the benchmarks' children have no use for.
 """
 
 from __future__ import annotations
