@@ -2,7 +2,7 @@
 
 A request that reaches the daemon while the primary is SIGSTOPped can only have been accepted
 by a worker (a stopped process accepts nothing); that is how these tests know which process
-served what, without any timing.
+served what, without any timing (tests/support/workers.py).
 """
 
 from __future__ import annotations
@@ -21,14 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cachemgrd.counters import SharedCounters
-from cachemgrd.supervisor import SLOTS
 
-from cachemgr.client.daemon_client import call
 from tests.support.cli import Cli
-from tests.support.daemons import Daemon, free_port, http, process_state, run_job, stop_process, wait_for
+from tests.support.daemons import Daemon, free_port, http, run_job, wait_for
 from tests.support.env import BASE_ENV, REPO
 from tests.support.origin import FakeOrigin
+from tests.support.workers import (
+    Background,
+    alive,
+    call_stopped,
+    forwarded_so_far,
+    listening_inode,
+    primary_stopped,
+    sockets_of,
+    start,
+    status,
+    workers_of,
+)
 
 TFHUB = "https://tfhub.dev/google/mymul/1"
 TOKEN = "worker-token-1"
@@ -41,77 +50,10 @@ def daemons() -> Iterator[list[Daemon]]:
     for d in started:
         # Workers first, their pids read from the live primary just now (a pid read from a dead
         # daemon may be someone else's by now); they would leave by themselves anyway.
-        for pid in _workers_of(d):
+        for pid in workers_of(d):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         d.stop(signal.SIGKILL)
-
-
-def _workers_of(d: Daemon) -> list[int]:
-    """The daemon's child processes, read from /proc while it runs (a dead one's pid may be reused)."""
-    if d.proc.poll() is not None:
-        return []
-    try:
-        with open(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
-        return []
-
-
-def start(daemons: list[Daemon], cli: Cli, home: Path, workers: int, *args: str, env: dict[str, str] | None = None,
-          listen: bool = False) -> Daemon:
-    extra = {"CACHEMGR_WORKERS": str(workers), "TMPDIR": str(home.parent / "run"), **(env or {})}
-    (home.parent / "run").mkdir(exist_ok=True)
-    d = Daemon(home, {**cli.env, **extra}, *args, listen=f"127.0.0.1:{free_port()}" if listen else None)
-    daemons.append(d)
-    d.wait_ready()
-    return d
-
-
-def status(d: Daemon) -> dict[str, Any]:
-    code, doc = d.call("GET", "/v1/status")
-    assert code == 200, doc
-    return doc
-
-
-@contextlib.contextmanager
-def primary_stopped(d: Daemon) -> Iterator[None]:
-    stop_process(d.proc.pid)
-    try:
-        yield
-    except TimeoutError:  # nobody answered: say which processes there were and what the daemon logged
-        states = {pid: process_state(pid) for pid in [d.proc.pid, *_workers_of(d)]}
-        raise AssertionError(f"no answer with the primary stopped; processes {states}; log:\n{d.output()}") from None
-    finally:
-        os.kill(d.proc.pid, signal.SIGCONT)
-
-
-def call_stopped(d: Daemon, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    """A request while the primary is stopped: a worker must answer it, so 30 s is plenty."""
-    return call(str(d.sock), method, path, body, timeout=30)
-
-
-def alive(pid: int) -> bool:
-    return process_state(pid) not in ("", "Z")
-
-
-class Background:
-    """Requests sent from threads, so that they can wait on a stopped primary."""
-
-    def __init__(self) -> None:
-        self.results: list[Any] = []
-        self.threads: list[threading.Thread] = []
-
-    def run(self, fn: Any, *args: Any) -> None:
-        t = threading.Thread(target=lambda: self.results.append(fn(*args)), daemon=True)
-        t.start()
-        self.threads.append(t)
-
-    def join(self, timeout: float = 120) -> list[Any]:
-        for t in self.threads:
-            t.join(timeout)
-        assert not any(t.is_alive() for t in self.threads), "a request never finished"
-        return self.results
 
 
 def test_workers_answer_hits_and_mirror_downloads_without_the_primary(
@@ -155,16 +97,6 @@ def test_misses_through_workers_are_fetched_once_by_the_primary(
     assert origin.started("gcs") == 1, "single flight broke across processes"
     doc = status(d)
     assert doc["forwarded"] >= 6 and doc["misses"] == 6 and doc["fetches"] == 1
-
-
-def forwarded_so_far(d: Daemon) -> int:
-    """The workers' forwarded counter, read from the shared counters file (the primary may be stopped)."""
-    (path,) = (d.home.parent / "run").glob("cachemgrd-*/counters")
-    counters = SharedCounters(path, SLOTS)
-    try:
-        return counters.totals()["forwarded"]
-    finally:
-        counters.close()
 
 
 def test_token_rule_holds_for_requests_a_worker_forwards(cli: Cli, origin: FakeOrigin, home: Path,
@@ -285,39 +217,18 @@ def test_a_reload_lets_old_workers_finish_long_forwarded_requests(cli: Cli, orig
     assert wait_for(lambda: not alive(old), 30), "the old worker did not leave once it was done"
 
 
-def _sockets_of(pid: int) -> set[int]:
-    """The inodes of the sockets ``pid`` holds open."""
-    out = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if link.startswith("socket:["):
-                out.add(int(link[8:-1]))
-    return out
-
-
-def _listening_inode(path: Path) -> int:
-    """The inode of the listening Unix socket bound at ``path`` (flag __SO_ACCEPTCON in /proc/net/unix)."""
-    with open("/proc/net/unix") as fh:
-        for line in fh.readlines()[1:]:
-            fields = line.split()
-            if len(fields) == 8 and fields[7] == str(path) and int(fields[3], 16) & 0x10000:
-                return int(fields[6])
-    raise AssertionError(f"no listening socket at {path}")
-
-
 def test_a_stopping_worker_answers_a_connection_it_accepted_before_the_request_came(
         cli: Cli, home: Path, daemons: list[Daemon]) -> None:
     d = start(daemons, cli, home, 2)
     (worker,) = status(d)["workers"]
-    listener = _listening_inode(d.sock)
+    listener = listening_inode(d.sock)
     with primary_stopped(d), socket.socket(socket.AF_UNIX) as conn:  # only the worker accepts
-        before = _sockets_of(worker)
+        before = sockets_of(worker)
         conn.settimeout(30)
         conn.connect(str(d.sock))
-        assert wait_for(lambda: bool(_sockets_of(worker) - before), 10), "the worker did not accept"
+        assert wait_for(lambda: bool(sockets_of(worker) - before), 10), "the worker did not accept"
         os.kill(worker, signal.SIGTERM)  # what a reload does; the client has not sent its request yet
-        assert wait_for(lambda: listener not in _sockets_of(worker), 10), "the worker kept accepting"
+        assert wait_for(lambda: listener not in sockets_of(worker), 10), "the worker kept accepting"
         conn.sendall(b"GET /v1/health HTTP/1.1\r\nHost: cachemgr\r\nConnection: close\r\n\r\n")
         reply = b""
         while chunk := conn.recv(65536):
@@ -339,12 +250,12 @@ def test_two_quick_reloads_leave_one_set_of_workers(cli: Cli, home: Path, daemon
     assert wait_for(lambda: d.output().count("workers reloaded") == 2, 60), d.output()
     workers = set(status(d)["workers"])
     assert len(workers) == 2 and not workers & first
-    assert wait_for(lambda: set(_workers_of(d)) == workers, 30), (_workers_of(d), workers)
+    assert wait_for(lambda: set(workers_of(d)) == workers, 30), (workers_of(d), workers)
 
 
 def test_one_process_when_asked(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
     d = start(daemons, cli, home, 1)
-    assert status(d)["workers"] == [] and _workers_of(d) == []
+    assert status(d)["workers"] == [] and workers_of(d) == []
 
 
 def test_worker_is_started_only_by_the_daemon() -> None:
