@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cachemgr.errors as E
 from cachemgrd.httperrors import status_for
+
+import cachemgr.errors as E
 from tests.support.env import REPO
 
 # Every CachemgrError subclass and what it means to a script (exit code) and to a client (HTTP).
@@ -16,6 +17,7 @@ from tests.support.env import REPO
 EXPECTED: dict[type[E.CachemgrError], tuple[int, int]] = {
     E.CachemgrError: (1, 500),
     E.UsageError: (2, 400),
+    E.NoStoreError: (2, 400),
     E.ConfigError: (3, 500),
     E.HandleError: (4, 422),
     E.NotCachedError: (5, 404),
