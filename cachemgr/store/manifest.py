@@ -50,7 +50,8 @@ class Manifest:
 
     @staticmethod
     def build(files: list[FileEntry], dirs: set[str]) -> Manifest:
-        parents = {p for f in files for p in _parents(f.path)}
+        # every parent of a file or directory is listed: materialize makes them in order, one mkdir each
+        parents = {p for path in [*(f.path for f in files), *dirs] for p in _parents(path)}
         return Manifest(tuple(sorted(files)), tuple(sorted(dirs | parents)))
 
     def to_bytes(self) -> bytes:
