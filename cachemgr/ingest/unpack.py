@@ -68,6 +68,7 @@ class TreeBuilder:
         self.tree.mkdir()
         self.files: dict[str, FileEntry] = {}
         self.dirs: set[str] = set()
+        self.made: set[str] = set()  # every directory in the tree, explicit or a parent made on the way
         self.total = 0
         self.entries = 0
 
@@ -79,6 +80,16 @@ class TreeBuilder:
                 "archive bomb (raise max_entries / CACHEMGR_MAX_ENTRIES if it is genuine)"
             )
 
+    def _count_parents(self, path: str) -> None:
+        """Each directory an entry makes on its way is an entry too: 'a/' * 2000 + 'f' is 2001 of them."""
+        parent = path
+        while "/" in parent:
+            parent = parent.rsplit("/", 1)[0]
+            if parent in self.made:
+                break  # so are all of its parents
+            self.made.add(parent)
+            self._count_entry()
+
     def _target(self, path: str) -> Path:
         if path in self.files or path in self.dirs:
             raise UnsafeArchiveError(f"{self.name}: duplicate entry {path!r}; refused")
@@ -89,6 +100,7 @@ class TreeBuilder:
         if not path or path in self.dirs:
             return
         target = self._target(path)
+        self._count_parents(path)
         try:
             target.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -96,6 +108,7 @@ class TreeBuilder:
         except OSError as exc:
             raise self._os_error(exc, path) from None
         self.dirs.add(path)
+        self.made.add(path)
 
     def _os_error(self, exc: OSError, path: str) -> UnsafeArchiveError | StoreError:
         """A name the file system cannot hold is the archive's fault; anything else the disk's."""
@@ -109,6 +122,7 @@ class TreeBuilder:
         if not path:
             raise UnsafeArchiveError(f"{self.name}: a file entry has an empty name; refused")
         target = self._target(path)
+        self._count_parents(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
