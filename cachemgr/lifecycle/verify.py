@@ -158,8 +158,16 @@ class Verifier:
             self.retire(digest, "not a valid SavedModel")
             return
         for f in manifest.files:
-            if not store.has_blob(f.sha256):
+            try:
+                size = os.stat(store.blob_path(f.sha256)).st_size
+            except FileNotFoundError:
                 self.problem(ProblemKind.BLOB_MISSING, f.sha256, f"blob of {f.path} is missing from the store", h)
+                continue
+            if size != f.size:  # the blob is named by its hash, so it is the manifest that lies
+                self.problem(ProblemKind.MANIFEST_CORRUPT, digest, f"{f.path} is {f.size} bytes by the manifest, "
+                             f"but its blob {f.sha256[:16]}… is {size} bytes", h)
+                self.retire(digest, "manifest gives a wrong size")
+                return
         if not self.check_snapshot(ref, manifest):
             return
         self.check_view(ref)
