@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.archives import archive_bytes
-from tests.support.bundles import BundleMember, manifest_of, members, write_bundle
+from tests.support.bundles import (
+    BundleMember,
+    assert_unchanged,
+    extra_member,
+    flip_blob,
+    manifest_of,
+    members,
+    newer_format,
+    run_offline,
+    state,
+    tree_digests,
+    write_bundle,
+)
 from tests.support.cli import Cli
 from tests.support.env import BASE_ENV, REPO
 from tests.support.origin import FakeOrigin
@@ -56,36 +66,6 @@ def src(tmp_path_factory: pytest.TempPathFactory, _origin_server: FakeOrigin) ->
     r = s.cli("export", MYMUL, "-o", str(s.root / "mymul.tar.zst"))
     assert r.code == 0, r.err
     return s
-
-
-def tree_digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def state(home: Path) -> dict[str, object]:
-    """Everything a failed import must leave as it was (blobs may gain verified ones)."""
-    out: dict[str, object] = {}
-    for sub in ("refs", "aliases", "manifests/sha256", "snapshots"):
-        d = home / sub
-        out[sub] = sorted(os.listdir(d)) if d.is_dir() else []
-    view = home / "view"
-    out["view"] = sorted((n, os.readlink(view / n) if (view / n).is_symlink() else "")
-                         for n in os.listdir(view)) if view.is_dir() else []
-    out["ref_bodies"] = sorted(p.read_text() for p in (home / "refs").glob("*.json")) if (
-        home / "refs").is_dir() else []
-    return out
-
-
-def assert_unchanged(home: Path, before: dict[str, object]) -> None:
-    assert state(home) == before
-    tmp = home / "tmp"
-    assert not tmp.is_dir() or not list(tmp.iterdir()), "a failed import left temps behind"
-
-
-def run_offline(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["unshare", "-n", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
 
 
 # -- the real thing ----------------------------------------------------------------------------
@@ -147,30 +127,12 @@ def test_reimport_is_a_noop_that_says_so(src: Src, tmp_path: Path) -> None:
 
 
 # -- refusals -----------------------------------------------------------------------------------
-def _flip_blob(items: list[BundleMember]) -> list[BundleMember]:
-    i = max(range(1, len(items)), key=lambda k: len(items[k][1]))
-    body = bytearray(items[i][1])
-    body[len(body) // 2] ^= 0x01
-    return items[:i] + [(items[i][0], bytes(body))] + items[i + 1:]
-
-
-def _extra(items: list[BundleMember]) -> list[BundleMember]:
-    info = tarfile.TarInfo("blobs/" + hashlib.sha256(b"extra").hexdigest())
-    return items + [(info, b"extra")]
-
-
-def _newer(items: list[BundleMember]) -> list[BundleMember]:
-    doc = json.loads(items[0][1])
-    doc["format"] = 2
-    return [(items[0][0], json.dumps(doc).encode())] + items[1:]
-
-
 TAMPER: dict[str, tuple[Callable[[list[BundleMember]], list[BundleMember]], int, str]] = {
-    "flipped-byte": (_flip_blob, 8, "does not match its sha256"),
+    "flipped-byte": (flip_blob, 8, "does not match its sha256"),
     "dropped-entry": (lambda items: items[:-1], 20, "is missing"),
-    "added-entry": (_extra, 20, "unexpected member"),
+    "added-entry": (extra_member, 20, "unexpected member"),
     "duplicated-entry": (lambda items: items + [items[-1]], 20, "second copy"),
-    "newer-format": (_newer, 20, "newer than this cachemgr"),
+    "newer-format": (newer_format, 20, "newer than this cachemgr"),
 }
 
 
@@ -236,7 +198,7 @@ def test_things_that_are_not_bundles_are_refused(src: Src, airgap: tuple[Cli, Pa
     for path in (text, model_gz, model_zst):
         r = cli("import", str(path))
         assert r.code == 20 and "is not a cachemgr bundle" in r.err, (path, r.err)
-    assert cli("import", str(tmp_path / "nope.tar.zst")).code == 20
+    assert cli("import", str(tmp_path / "nope.tar.zst")).code == 2  # a missing file is a usage error (was 20)
     assert_unchanged(home, before)
 
 
