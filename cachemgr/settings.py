@@ -219,11 +219,6 @@ class Settings:
     config_files: tuple[Path, ...] = field(default=())
 
     @property
-    def view_dir(self) -> Path:
-        """The directory that TFHUB_CACHE_DIR points at."""
-        return self.home / "view"
-
-    @property
     def prefetch_path(self) -> Path:
         return self.prefetch_file or self.home / "prefetch.toml"
 

@@ -20,6 +20,7 @@ from cachemgr.errors import (
 from cachemgr.fetch.http import md5_of, rewrite
 from cachemgr.handles import parse_handle, with_compressed_query
 from cachemgr.settings import load_settings
+from cachemgr.store.objects import Store
 from cachemgr.store.savedmodel import check_structure
 from cachemgr.units import parse_duration, parse_size
 
@@ -100,7 +101,7 @@ def test_settings_precedence(tmp_path: Path) -> None:
     s = load_settings({"HOME": str(tmp_path), "CACHEMGR_RETRIES": "7"}, cfg, {"home": Path("/flag")})
     assert (s.home, s.retries, s.max_model_bytes) == (Path("/flag"), 7, 1024**3)
     d = load_settings({"HOME": str(tmp_path)})
-    assert d.home == tmp_path / ".cache" / "cachemgr" and d.view_dir == d.home / "view"
+    assert d.home == tmp_path / ".cache" / "cachemgr" and Store(d.home).view == d.home / "view"
     x = load_settings({"HOME": str(tmp_path), "XDG_CACHE_HOME": "/xdg"})
     assert x.home == Path("/xdg/cachemgr")
 
