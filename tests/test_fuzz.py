@@ -10,15 +10,16 @@
 - the bundle manifest (``BundleManifest.from_bytes``): arbitrary bytes, arbitrary JSON, deep
   nesting and mutations of a valid document give a BundleManifest or a CachemgrError.
 
-Everything runs in-process. Two hypothesis profiles are registered: ``ci`` (the default:
-a fixed number of examples per property, about a minute for the whole file on 2 cores) and
-``long`` (50x more examples). Run longer with either of::
+Everything runs in-process. Two hypothesis profiles are registered here: ``ci`` (the default:
+a fixed number of examples per property, under a minute for the whole file on 2 cores) and
+``long`` (50x more examples, about half an hour). Run longer with::
 
     CACHEMGR_FUZZ_PROFILE=long python -m pytest tests/test_fuzz.py --hypothesis-show-statistics
-    python -m pytest tests/test_fuzz.py --hypothesis-profile=long --hypothesis-show-statistics
 
-(``HYPOTHESIS_PROFILE=long`` works too). Failing examples print a reproduction blob
-(``@reproduce_failure``).
+(``HYPOTHESIS_PROFILE=long`` works too). ``--hypothesis-profile=long`` is honoured only once the
+profile is registered before this module is imported (pytest loads the option's profile at
+configure time, before collection), i.e. from conftest.py. Failing examples print a
+reproduction blob (``@reproduce_failure``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ settings.register_profile("long", max_examples=15_000, **_COMMON)
 
 
 def _profile_name() -> str:
-    """``long`` if asked for (env var or --hypothesis-profile), else the bounded ``ci``."""
+    """``long`` if asked for (env var, or a loaded profile of that name), else the bounded ``ci``."""
     for var in ("CACHEMGR_FUZZ_PROFILE", "HYPOTHESIS_PROFILE"):
         if os.environ.get(var) in ("ci", "long"):
             return os.environ[var]
