@@ -33,6 +33,7 @@ from tests.support.workers import (
     forwarded_so_far,
     listening_inode,
     primary_stopped,
+    run_dir,
     sockets_of,
     start,
     status,
@@ -158,7 +159,7 @@ def test_sigterm_stops_every_process_and_leaves_nothing(cli: Cli, origin: FakeOr
                                                        daemons: list[Daemon]) -> None:
     d = start(daemons, cli, home, 3)
     workers = status(d)["workers"]
-    run = home.parent / "run"
+    run = run_dir(home)
     assert any(run.iterdir()), "the private runtime directory is not where TMPDIR says"
     assert d.stop(signal.SIGTERM) == 0, d.output()
     assert wait_for(lambda: not any(alive(p) for p in workers), 10)
@@ -251,6 +252,24 @@ def test_two_quick_reloads_leave_one_set_of_workers(cli: Cli, home: Path, daemon
     workers = set(status(d)["workers"])
     assert len(workers) == 2 and not workers & first
     assert wait_for(lambda: set(workers_of(d)) == workers, 30), (workers_of(d), workers)
+
+
+def test_a_tmpdir_too_deep_for_a_unix_socket_still_gives_working_workers(
+        cli: Cli, origin: FakeOrigin, home: Path, daemons: list[Daemon]) -> None:
+    deep = home.parent / ("d" * 60) / ("e" * 60)  # the private socket path would pass sun_path's 108 bytes
+    deep.mkdir(parents=True)
+    d = start(daemons, cli, home, 2, env={"TMPDIR": str(deep)})
+    assert d.call("POST", "/v1/resolve", {"handle": TFHUB})[0] == 200
+    with primary_stopped(d):
+        assert call_stopped(d, "POST", "/v1/resolve", {"handle": TFHUB})[0] == 200  # a worker answered
+    assert list(deep.iterdir()) == [], "the private directory went under the too-deep TMPDIR"
+
+
+def test_a_socket_path_too_long_is_one_clear_error(cli: Cli, home: Path, tmp_path: Path) -> None:
+    sock = tmp_path / ("s" * 120) / "d.sock"
+    r = cli("daemon", "--socket", str(sock))
+    lines = r.err.strip().splitlines()
+    assert r.code == 3 and "longer than a Unix socket path may be" in lines[-1] and "--socket" in lines[-1], r.err
 
 
 def test_one_process_when_asked(cli: Cli, home: Path, daemons: list[Daemon]) -> None:

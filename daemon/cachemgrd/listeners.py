@@ -43,8 +43,16 @@ def _socket_in_use(path: Path) -> bool:
     return True
 
 
+# sun_path holds 108 bytes on Linux, the last one a NUL.
+MAX_UNIX_PATH = 107
+
+
 def bind_unix(path: Path, mode: int = 0o660) -> socket.socket:
     """A listening Unix socket at ``path`` (a stale socket file of a dead daemon is replaced)."""
+    size = len(os.fsencode(path))
+    if size > MAX_UNIX_PATH:
+        raise ConfigError(f"socket path {path} is {size} bytes, longer than a Unix socket path may be "
+                          f"({MAX_UNIX_PATH}); choose a shorter --socket / CACHEMGR_SOCKET")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         if _socket_in_use(path):

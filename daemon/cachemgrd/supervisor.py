@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cachemgr.errors import ConfigError
 from cachemgr.settings import MAX_WORKERS, Settings
 from cachemgrd.counters import SharedCounters
-from cachemgrd.listeners import Listeners
+from cachemgrd.listeners import MAX_UNIX_PATH, Listeners
 from cachemgrd.worker import READY, WorkerSpec
 
 log = logging.getLogger("cachemgrd")
@@ -32,6 +34,7 @@ STOP_TIMEOUT = 5.0
 SLOTS = 2 * MAX_WORKERS  # a reload runs the old and the new workers side by side for a moment
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait before a crashed worker is started again
 STABLE_AFTER = 60.0  # a worker that lived this long resets the backoff
+PRIMARY_SOCKET = "primary.sock"  # in the private directory: where workers forward to the primary
 _PRIMARY_ONLY_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC",
                      "WATCHDOG_PID")
 
@@ -47,12 +50,24 @@ class Worker:
         return self.proc.pid
 
 
+def _private_dir() -> Path:
+    """A fresh 0700 directory for the primary's private socket and the shared counters: under
+    TMPDIR, unless the socket path would be too long there for a Unix socket; then under /tmp."""
+    for base in (None, "/tmp"):
+        path = Path(tempfile.mkdtemp(prefix="cachemgrd-", dir=base))
+        if len(os.fsencode(path / PRIMARY_SOCKET)) <= MAX_UNIX_PATH:
+            return path
+        path.rmdir()
+    raise ConfigError(f"no directory for the daemon's private socket is short enough (TMPDIR {path.parent}); "
+                      "set TMPDIR to a short path")
+
+
 class WorkerPool:
     """``count - 1`` workers beside the primary (``settings.worker_count``)."""
 
     def __init__(self, listeners: Listeners, env: Mapping[str, str]) -> None:
-        self.private_dir = Path(tempfile.mkdtemp(prefix="cachemgrd-"))
-        self.primary_socket = str(self.private_dir / "primary.sock")
+        self.private_dir = _private_dir()
+        self.primary_socket = str(self.private_dir / PRIMARY_SOCKET)
         self.counters = SharedCounters(self.private_dir / "counters", SLOTS, create=True)
         self.fds = tuple(s.fileno() for s in listeners.sockets)
         self.env = {k: v for k, v in env.items() if k not in _PRIMARY_ONLY_ENV}

@@ -8,6 +8,7 @@ how the worker tests know which process served what, without any timing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import threading
@@ -34,10 +35,16 @@ def workers_of(d: Daemon) -> list[int]:
         return []
 
 
+def run_dir(home: Path) -> Path:
+    """The TMPDIR a test daemon gets, where its private directory (socket, counters) goes: short, so
+    that a long pytest path cannot make the socket path too long, and derived from ``home``."""
+    return Path("/tmp") / f"cm-{hashlib.sha1(str(home).encode()).hexdigest()[:12]}"
+
+
 def start(daemons: list[Daemon], cli: Cli, home: Path, workers: int, *args: str, env: dict[str, str] | None = None,
           listen: bool = False) -> Daemon:
-    extra = {"CACHEMGR_WORKERS": str(workers), "TMPDIR": str(home.parent / "run"), **(env or {})}
-    (home.parent / "run").mkdir(exist_ok=True)
+    extra = {"CACHEMGR_WORKERS": str(workers), "TMPDIR": str(run_dir(home)), **(env or {})}
+    Path(extra["TMPDIR"]).mkdir(exist_ok=True)
     d = Daemon(home, {**cli.env, **extra}, *args, listen=f"127.0.0.1:{free_port()}" if listen else None)
     daemons.append(d)
     d.wait_ready()
@@ -92,7 +99,7 @@ class Background:
 
 def forwarded_so_far(d: Daemon) -> int:
     """The workers' forwarded counter, read from the shared counters file (the primary may be stopped)."""
-    (path,) = (d.home.parent / "run").glob("cachemgrd-*/counters")
+    (path,) = run_dir(d.home).glob("cachemgrd-*/counters")
     counters = SharedCounters(path, SLOTS)
     try:
         return counters.totals()["forwarded"]
