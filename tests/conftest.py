@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import tests.support.fuzz  # noqa: F401  (registers the hypothesis profiles before --hypothesis-profile is read)
 from tests.support.cli import Cli
 from tests.support.env import BASE_ENV
 from tests.support.origin import FakeOrigin

@@ -95,8 +95,9 @@ def parse_manifest(data: bytes, where: str, *, digest: str | None = None, limits
             )
         files = tuple(_file_entry(row) for row in doc["files"])
         dirs = tuple(_text(d) for d in doc["dirs"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{where}: manifest is corrupt ({exc}); run cachemgr verify") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise StoreError(f"{where}: manifest is corrupt ({detail}); run cachemgr verify") from None
     manifest = Manifest(files, dirs)
     if digest is not None and manifest.digest != digest:
         raise UnsafeManifestError(f"{where}: the manifest's canonical form hashes to {manifest.digest}, not "
