@@ -70,14 +70,14 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o644) -> N
         raise disk_error(exc, path) from None
 
 
-def open_no_follow(root: Path, rel: str) -> int:
-    """Open ``root/rel`` for reading, following no symlink below ``root``; a regular file only.
+def open_no_follow(root: Path, path: Path) -> int:
+    """Open ``path`` (below ``root``) for reading, following no symlink below ``root``; a regular file only.
 
     Each directory on the way is opened relative to the last with O_NOFOLLOW, so a link planted
-    anywhere in ``rel`` (by another host writing a shared store, say) is refused with ELOOP,
+    anywhere below ``root`` (by another host writing a shared store, say) is refused with ELOOP,
     not followed out of the store. Returns the descriptor; the caller closes it.
     """
-    parts = rel.split("/")
+    parts = path.relative_to(root).parts
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for part in parts[:-1]:
@@ -89,7 +89,7 @@ def open_no_follow(root: Path, rel: str) -> int:
         os.close(dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", str(root / rel))
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     return fd
 
 

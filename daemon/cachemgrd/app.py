@@ -183,28 +183,30 @@ async def get_ref(request: web.Request) -> web.Response:
     return web.json_response(_ref_for(request.app[STATE], handle).to_json())
 
 
-async def get_manifest(request: web.Request) -> web.StreamResponse:
+async def _serve_stored(request: web.Request, kind: str, path_of: Callable[[Store, str], Path],
+                        content_type: str) -> web.StreamResponse:
+    """A manifest or blob by its digest: only a regular file reached without any link (checked in
+    a thread, not on the event loop), so a link planted in a shared store is never served."""
     digest = request.match_info["digest"]
     store = request.app[STATE].store
-    if not _DIGEST.match(digest) or not await asyncio.to_thread(_regular_inside, store.home,
-                                                                f"manifests/sha256/{digest}.json"):
-        return plain_error(404, "not_found", f"no manifest {digest}")
-    return web.FileResponse(store.manifest_path(digest), headers={"Content-Type": "application/json"})
+    if _DIGEST.match(digest):
+        path = path_of(store, digest)
+        if await asyncio.to_thread(_regular_inside, store.home, path):
+            return web.FileResponse(path, headers={"Content-Type": content_type})
+    return plain_error(404, "not_found", f"no {kind} {digest}")
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    return await _serve_stored(request, "manifest", Store.manifest_path, "application/json")
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
-    digest = request.match_info["digest"]
-    store = request.app[STATE].store
-    if not _DIGEST.match(digest) or not await asyncio.to_thread(_regular_inside, store.home,
-                                                                f"blobs/sha256/{digest[:2]}/{digest}"):
-        return plain_error(404, "not_found", f"no blob {digest}")
-    return web.FileResponse(store.blob_path(digest), headers={"Content-Type": "application/octet-stream"})
+    return await _serve_stored(request, "blob", Store.blob_path, "application/octet-stream")
 
 
-def _regular_inside(home: Path, rel: str) -> bool:
-    """Whether ``home/rel`` is a regular file reached without any symlink (never serve one out)."""
+def _regular_inside(home: Path, path: Path) -> bool:
     try:
-        os.close(open_no_follow(home, rel))
+        os.close(open_no_follow(home, path))
     except OSError:
         return False
     return True
@@ -256,7 +258,7 @@ async def hosting(request: web.Request) -> web.StreamResponse:
                 return plain_error(404, "not_found", f"/{path}: {err}")
             raise
     manifest = state.store.read_manifest(ref.manifest)
-    chunks = tar_chunks(state.store.home, ref.manifest, manifest)
+    chunks = tar_chunks(state.store, ref.manifest, manifest)
     gz = request.query.get("compression") == "gzip"
     resp = web.StreamResponse(headers={
         "Content-Type": "application/gzip" if gz else "application/x-tar",

@@ -6,19 +6,20 @@ import os
 import tarfile
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 from cachemgr.errors import StoreError
 from cachemgr.store.fs import open_no_follow
 from cachemgr.store.manifest import Manifest
+from cachemgr.store.objects import Store
 
 CHUNK = 1 << 20
 
 
-def tar_chunks(home: Path, digest: str, manifest: Manifest) -> Iterator[bytes]:
-    """An uncompressed POSIX tar of the snapshot ``digest`` in the store at ``home``, rooted at the
-    SavedModel root. Files are opened without following links (open_no_follow), and each must
-    have the manifest's size: the stream never carries bytes from outside the store."""
+def tar_chunks(store: Store, digest: str, manifest: Manifest) -> Iterator[bytes]:
+    """An uncompressed POSIX tar of the snapshot ``digest`` in ``store``, rooted at the SavedModel root.
+
+    Files are opened without following links (open_no_follow), and each must have the
+    manifest's size: the stream never carries bytes from outside the store."""
     for d in manifest.dirs:
         info = tarfile.TarInfo(d)
         info.type = tarfile.DIRTYPE
@@ -29,10 +30,10 @@ def tar_chunks(home: Path, digest: str, manifest: Manifest) -> Iterator[bytes]:
         info.size = f.size
         info.mode = 0o644
         yield info.tobuf(tarfile.PAX_FORMAT)
-        rel = f"snapshots/{digest}/{f.path}"
-        with os.fdopen(open_no_follow(home, rel), "rb") as fh:
+        path = store.snapshot_path(digest) / f.path
+        with os.fdopen(open_no_follow(store.home, path), "rb") as fh:
             if os.fstat(fh.fileno()).st_size != f.size:
-                raise StoreError(f"{home / rel} is not {f.size} bytes as its manifest says; run cachemgr verify")
+                raise StoreError(f"{path} is not {f.size} bytes as its manifest says; run cachemgr verify")
             left = f.size
             while left and (chunk := fh.read(min(CHUNK, left))):
                 left -= len(chunk)
