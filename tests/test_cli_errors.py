@@ -29,7 +29,7 @@ def one_line(err: str) -> str:
     (["prune", "--grace", "soon"], "--grace"),
     (["verify", "--max-duration", "-"], "--max-duration"),
     (["export", TFHUB, "-o", "b.tar.zst", "--split-size", "2K"], "use at least 4K"),
-    (["pull"], "Missing argument"),
+    (["export", TFHUB], "Missing option"),
     (["pul", TFHUB], "No such command"),
 ])
 def test_bad_option_values_are_one_usage_line(cli: Cli, args: list[str], needle: str) -> None:
