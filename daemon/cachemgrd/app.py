@@ -23,6 +23,7 @@ from cachemgr.settings import Settings
 from cachemgr.store.fs import open_no_follow
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
+from cachemgr.store.usage import record_handle_use
 from cachemgrd.forward import VIA_HEADER, client_is_tcp
 from cachemgrd.hitpath import Resolved
 from cachemgrd.httperrors import error_response, plain_error
@@ -43,6 +44,9 @@ class Serving(Protocol):
     index: RefIndex
 
     async def resolve(self, text: str) -> Resolved: ...
+
+    def served(self) -> None:
+        """Count a model served by another way than resolve (a mirror tar, a ref for another daemon)."""
 
     async def start(self) -> None: ...
 
@@ -176,11 +180,21 @@ def _ref_for(state: Serving, handle: str) -> Ref:
     return ref
 
 
+async def _served(state: Serving, ref: Ref) -> None:
+    """A model went out (a mirror tar, or a ref another daemon fetches by): it counts as a hit,
+    and as a use, so that prune and du see it like a resolve (recorded in a thread)."""
+    state.served()
+    await asyncio.to_thread(record_handle_use, state.store.home, ref.handle)
+
+
 async def get_ref(request: web.Request) -> web.Response:
     handle = request.query.get("handle", "")
     if not handle:
         return plain_error(400, "bad_request", "give ?handle=<model handle>")
-    return web.json_response(_ref_for(request.app[STATE], handle).to_json())
+    state = request.app[STATE]
+    ref = _ref_for(state, handle)
+    await _served(state, ref)
+    return web.json_response(ref.to_json())
 
 
 async def _serve_stored(request: web.Request, kind: str, path_of: Callable[[Store, str], Path],
@@ -245,6 +259,7 @@ async def hosting(request: web.Request) -> web.StreamResponse:
             continue
         ref = state.index.lookup(candidate)
         if ref is not None:
+            await _served(state, ref)  # a miss below is counted, and its use recorded, by resolve
             break
     if ref is None:
         if state.settings.offline:

@@ -102,6 +102,9 @@ class DaemonState:
         self.hits.remember(text, resolved)
         return resolved
 
+    def served(self) -> None:
+        self.metrics.hits += 1
+
     async def _resolve(self, text: str) -> Resolved:
         handle = parse_handle(text)
         ref = self.index.lookup(text)

@@ -95,6 +95,9 @@ class WorkerState:
         self.slot.hit()
         return resolved
 
+    def served(self) -> None:
+        self.slot.hit()
+
     async def start(self) -> None:
         pass
 
