@@ -56,10 +56,6 @@ def pull_handles(settings: Settings, store: Store, texts: list[str], refresh: bo
         puller.close()
 
 
-def limits_of(settings: Settings) -> Limits:
-    return Limits(settings.max_model_bytes, settings.max_entries)
-
-
 def offline_miss(text: str) -> OfflineMissError:
     return OfflineMissError(
         f"{text} is not in the store and offline mode is on (CACHEMGR_OFFLINE/--offline); "
@@ -164,7 +160,7 @@ class Puller:
 
     def _ingest_pipe(self, pipe: ChunkPipe, name: str) -> Any:
         try:
-            return ingest_stream(self.store, pipe, name, limits_of(self.settings))
+            return ingest_stream(self.store, pipe, name, Limits.of(self.settings))
         finally:
             pipe.close()
 
@@ -176,7 +172,7 @@ class CancelledIngest(Exception):
 def add_local(settings: Settings, store: Store, text: str, path: Path) -> PullResult:
     """``cachemgr add``: ingest a local archive or SavedModel directory under a handle."""
     handle = parse_handle(text)
-    limits = limits_of(settings)
+    limits = Limits.of(settings)
     name = str(path)
     if not path.is_dir() and not path.is_file():
         raise UsageError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a SavedModel directory")

@@ -121,7 +121,7 @@ async def fetch_from_upstream(
         return None
     upstream_ref = parse_upstream_ref(ref_doc, base)
     digest = upstream_ref.manifest
-    manifest = await _fetch_manifest(session, base, digest, Limits(settings.max_model_bytes, settings.max_entries))
+    manifest = await _fetch_manifest(session, base, digest, Limits.of(settings))
     sizes = {f.sha256: f.size for f in manifest.files}
     missing = sorted(d for d in sizes if not store.has_blob(d))
     sem = asyncio.Semaphore(4)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachemgr.errors import StoreError, UnsafeManifestError
+from cachemgr.settings import Settings
 from cachemgr.store.savedmodel import check_structure
 
 MANIFEST_FORMAT = 1
@@ -33,6 +34,11 @@ class Limits:
 
     max_bytes: int
     max_entries: int
+
+    @staticmethod
+    def of(settings: Settings) -> Limits:
+        """The caps ``max_model_size`` and ``max_entries`` set."""
+        return Limits(settings.max_model_bytes, settings.max_entries)
 
 
 @dataclass(frozen=True, order=True)

@@ -249,10 +249,8 @@ def open_store(settings: Settings, *, create: bool = True, missing_ok: bool = Fa
     store = Store(settings.home)
     if create:
         store.create()
-    elif store.exists():
-        store.check_format()
-    elif not missing_ok:
-        store.check_format()  # raises NoStoreError with the fix
+    elif store.exists() or not missing_ok:
+        store.check_format()  # a missing store raises NoStoreError with the fix
     if clean and store.exists():
         clean_stale_temps(store.tmp, settings.temp_grace)
     return store

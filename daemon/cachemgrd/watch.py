@@ -19,7 +19,6 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from cachemgr.errors import CachemgrError
-from cachemgr.fetch.pull import limits_of
 from cachemgr.handles import parse_handle
 from cachemgr.ingest.publish import record_model
 from cachemgr.ingest.unpack import ingest_directory
@@ -27,6 +26,7 @@ from cachemgr.lifecycle.pins import wanted_handles
 from cachemgr.lifecycle.prune_exec import auto_prune
 from cachemgr.lifecycle.scrub import scrub
 from cachemgr.store.fs import pid_alive, remove_quietly, unique_name
+from cachemgr.store.manifest import Limits
 from cachemgrd.state import DaemonState
 
 log = logging.getLogger("cachemgrd.watch")
@@ -212,7 +212,7 @@ class Watcher:
 
     def _adopt_sync(self, entry: Path, handle: Any) -> None:
         store = self.state.store
-        result = ingest_directory(store, entry, str(entry), limits_of(self.state.settings))
+        result = ingest_directory(store, entry, str(entry), Limits.of(self.state.settings))
         record_model(store, handle, result, source="adopted", url=handle.asked)
         # Swap the directory for a link: readers with open files keep them (rename, then unlink).
         moved = store.tmp / unique_name("adopted")
