@@ -98,6 +98,42 @@ class StoreError(CachemgrError):
     code = "store_error"
 
 
+class NoSpaceError(StoreError):
+    """The filesystem under the store is full (ENOSPC/EDQUOT): nothing partial was kept."""
+
+    code = "no_space"
+
+
+class StorePermissionError(StoreError):
+    """The store (or part of it) is owned by another user or group, or is unsafely writable."""
+
+    code = "store_permission"
+
+
+class LeaseLostError(StoreError):
+    """This process's lease in a shared store vanished or was taken over: its work was abandoned."""
+
+    code = "lease_lost"
+
+
+class RegistryError(FetchError):
+    """An OCI registry refused or failed a request."""
+
+    code = "registry_failed"
+
+
+class RegistryAuthError(RegistryError):
+    """An OCI registry wants credentials that were not given or were refused."""
+
+    code = "registry_auth"
+
+
+class ChecksFailedError(CachemgrError):
+    """A check command (``pins --check``) found problems; its report was printed."""
+
+    code = "checks_failed"
+
+
 class BundleError(CachemgrError):
     """A bundle file is unusable: not a bundle, newer format, missing/extra/truncated member or part."""
 
@@ -155,7 +191,9 @@ EXIT_CODES: dict[type[BaseException], int] = {
     IntegrityError: 8,
     ArchiveError: 9,
     StoreError: 10,
-    # 11 and 12 are verify's outcomes (lifecycle.verify.Outcome), not errors; 20s: bundles
+    # 11 and 12 are verify's outcomes (lifecycle.verify.Outcome), not errors; 13: a check
+    # command (pins --check) found problems; 20s: bundles
+    ChecksFailedError: 13,
     BundleError: 20,
     BundleIntegrityError: 8,
     MissingBaseError: 21,

@@ -16,19 +16,39 @@ compiled validation library would be loaded by every CLI run and by the shim's d
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cachemgr.errors import ConfigError
+from cachemgr.setting_values import (
+    MAX_WORKERS,
+    Mirror,
+    Parser,
+    UpstreamGroup,
+    at_least,
+    one_of,
+    parse_bool,
+    parse_ca_bundle,
+    parse_hosts,
+    parse_listen,
+    parse_mirrors,
+    parse_node_id,
+    parse_path,
+    parse_proxy,
+    parse_token,
+    parse_trusted_keys,
+    parse_upstreams,
+    parse_workers,
+)
 from cachemgr.units import parse_duration, parse_size
 
-Mirror = tuple[str, str]
-Parser = Callable[[Any, str], Any]
+__all__ = ["MAX_WORKERS", "Mirror", "Settings", "UpstreamGroup", "load_settings", "parse_mirrors"]
+
 MAX_AUTO_WORKERS = 4
-MAX_WORKERS = 64
 
 
 def usable_cpus() -> int | None:
@@ -59,119 +79,6 @@ def default_config_files(env: Mapping[str, str]) -> list[Path]:
     return [Path("/etc/cachemgr/config.toml"), Path(user_base) / "cachemgr" / "config.toml"]
 
 
-def parse_mirrors(spec: str | Mapping[str, Any] | list[Any], source: str) -> tuple[Mirror, ...]:
-    """Mirror rules from "PREFIX=BASE ..." or a TOML table {PREFIX = BASE}."""
-    pairs: list[tuple[str, str]] = []
-    if isinstance(spec, str):
-        for item in spec.split():
-            prefix, sep, base = item.partition("=")
-            if not sep or not prefix or not base:
-                raise ConfigError(
-                    f"{source}: mirror rule {item!r} is malformed; write PREFIX=BASE, "
-                    "e.g. https://tfhub.dev/=http://mirror.internal:8470/"
-                )
-            pairs.append((prefix, base))
-    elif isinstance(spec, Mapping):
-        for prefix, base in spec.items():
-            if not isinstance(base, str) or not base:
-                raise ConfigError(f"{source}: mirror for {prefix!r} must be a URL string")
-            pairs.append((str(prefix), base))
-    else:
-        raise ConfigError(f"{source}: mirrors must be a table of PREFIX = BASE")
-    for prefix, base in pairs:
-        for url in (prefix, base):
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"{source}: mirror URL {url!r} must start with http:// or https://")
-    # Longest prefix first so that the most specific rule wins.
-    return tuple(sorted(pairs, key=lambda p: -len(p[0])))
-
-
-def _bool(value: Any, source: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{source}: {value!r} is not a boolean; use 1/0 or true/false")
-
-
-def _int(value: Any, source: str, minimum: int = 0) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {value!r} is not a whole number") from None
-    if number < minimum:
-        raise ConfigError(f"{source}: {number} is below the minimum {minimum}")
-    return number
-
-
-def _at_least(minimum: int) -> Parser:
-    return lambda value, source: _int(value, source, minimum)
-
-
-def _path(value: Any, source: str) -> Path:
-    return Path(str(value)).expanduser()
-
-
-def _ca_bundle(value: Any, source: str) -> Path:
-    path = Path(str(value)).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{source}: CA bundle {path} does not exist; fix the path")
-    return path
-
-
-def _token(value: Any, source: str) -> str:
-    if not isinstance(value, str) or len(value) < 8:
-        raise ConfigError(f"{source}: token must be a string of at least 8 characters")
-    return value
-
-
-def _upstreams(value: Any, source: str) -> tuple[str, ...]:
-    items = value.split() if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(u, str) for u in items):
-        raise ConfigError(f"{source}: upstreams must be a list of URLs")
-    for url in items:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{source}: upstream {url!r} must start with http:// or https://")
-    return tuple(u.rstrip("/") for u in items)
-
-
-def _workers(value: Any, source: str) -> int | None:
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    count = _int(value, source, minimum=1)
-    if count > MAX_WORKERS:
-        raise ConfigError(f"{source}: {count} workers is more than {MAX_WORKERS}; use 'auto' or fewer")
-    return count
-
-
-def _trusted_keys(value: Any, source: str) -> tuple[str, ...]:
-    """Public keys from a list of key lines or .pub files (TOML), or "FILE:FILE" (environment)."""
-    from cachemgr.signing import read_public_keys  # deferred: keeps settings light
-
-    items = value.split(":") if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise ConfigError(f"{source}: trusted_keys must be a list of public keys or .pub files")
-    keys: list[str] = []
-    for item in items:
-        if isinstance(item, str) and item.strip():
-            keys += read_public_keys(item.strip(), source)
-    return tuple(dict.fromkeys(keys))
-
-
-def _listen(value: Any, source: str) -> tuple[str, ...]:
-    items = value.split() if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise ConfigError(f"{source}: listen must be HOST:PORT or a list of them")
-    for item in items:
-        host, sep, port = str(item).rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"{source}: listen address {item!r} must be HOST:PORT, e.g. 127.0.0.1:8470")
-    return tuple(str(i) for i in items)
-
-
 def _setting(default: Any, parse: Parser, env: str | None = None) -> Any:
     """A field of Settings: its default, the parser for any source, and its environment variable."""
     return field(default=default, metadata={"parse": parse, "env": env})
@@ -179,14 +86,14 @@ def _setting(default: Any, parse: Parser, env: str | None = None) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = _setting(Path(), _path, "CACHEMGR_HOME")
-    offline: bool = _setting(False, _bool, "CACHEMGR_OFFLINE")
+    home: Path = _setting(Path(), parse_path, "CACHEMGR_HOME")
+    offline: bool = _setting(False, parse_bool, "CACHEMGR_OFFLINE")
     mirrors: tuple[Mirror, ...] = _setting((), parse_mirrors, "CACHEMGR_MIRRORS")
     max_model_bytes: int = _setting(64 * 1024**3, parse_size, "CACHEMGR_MAX_MODEL_SIZE")
-    max_entries: int = _setting(100_000, _at_least(1), "CACHEMGR_MAX_ENTRIES")
-    ca_bundle: Path | None = _setting(None, _ca_bundle, "CACHEMGR_CA_BUNDLE")
-    concurrency: int = _setting(4, _at_least(1), "CACHEMGR_CONCURRENCY")
-    retries: int = _setting(5, _at_least(0), "CACHEMGR_RETRIES")
+    max_entries: int = _setting(100_000, at_least(1), "CACHEMGR_MAX_ENTRIES")
+    ca_bundle: Path | None = _setting(None, parse_ca_bundle, "CACHEMGR_CA_BUNDLE")
+    concurrency: int = _setting(4, at_least(1), "CACHEMGR_CONCURRENCY")
+    retries: int = _setting(5, at_least(0), "CACHEMGR_RETRIES")
     backoff: float = _setting(0.5, parse_duration, "CACHEMGR_BACKOFF")
     connect_timeout: float = _setting(30.0, parse_duration)
     read_timeout: float = _setting(300.0, parse_duration)
@@ -196,27 +103,52 @@ class Settings:
     low_speed_time: float = _setting(60.0, parse_duration, "CACHEMGR_LOW_SPEED_TIME")
     temp_grace: float = _setting(24 * 3600.0, parse_duration)
     # daemon
-    socket: Path | None = _setting(None, _path, "CACHEMGR_SOCKET")
-    listen: tuple[str, ...] = _setting((), _listen, "CACHEMGR_LISTEN")
-    token: str | None = _setting(None, _token, "CACHEMGR_TOKEN")
-    upstreams: tuple[str, ...] = _setting((), _upstreams, "CACHEMGR_UPSTREAMS")
-    prefetch_file: Path | None = _setting(None, _path, "CACHEMGR_PREFETCH_FILE")
+    socket: Path | None = _setting(None, parse_path, "CACHEMGR_SOCKET")
+    listen: tuple[str, ...] = _setting((), parse_listen, "CACHEMGR_LISTEN")
+    token: str | None = _setting(None, parse_token, "CACHEMGR_TOKEN")
+    upstreams: tuple[UpstreamGroup, ...] = _setting((), parse_upstreams, "CACHEMGR_UPSTREAMS")
+    # An HTTP proxy for upstreams without one of their own; HTTP_PROXY/http_proxy when unset.
+    proxy: str | None = _setting(None, parse_proxy, "CACHEMGR_PROXY")
+    # OCI registries: plain HTTP only for these (and for localhost, docker's rule);
+    # credentials from a docker config.json (REGISTRY_AUTH_FILE, else $DOCKER_CONFIG/config.json,
+    # else ~/.docker/config.json; the file need not exist).
+    insecure_registries: tuple[str, ...] = _setting((), parse_hosts, "CACHEMGR_INSECURE_REGISTRIES")
+    registry_auth_file: Path | None = _setting(None, parse_path, "REGISTRY_AUTH_FILE")
+    # Cluster: this node's id (default: the hostname), how long a lease lives without renewal
+    # (renewed at a third of that), and how long a silent node's uses and pins still count.
+    node_id: str = _setting("", parse_node_id, "CACHEMGR_NODE_ID")
+    lease_timeout: float = _setting(60.0, parse_duration, "CACHEMGR_LEASE_TIMEOUT")
+    node_timeout: float = _setting(7 * 24 * 3600.0, parse_duration, "CACHEMGR_NODE_TIMEOUT")
+    # A store call (in the daemon's I/O threads) running longer than this is reported as stuck.
+    stuck_io_after: float = _setting(30.0, parse_duration, "CACHEMGR_STUCK_IO_AFTER")
+    # Daemon front door: the time a client has to send its request head and body, and the cap
+    # on open TCP connections from one peer address (slowloris, idle floods).
+    client_timeout: float = _setting(30.0, parse_duration, "CACHEMGR_CLIENT_TIMEOUT")
+    max_peer_connections: int = _setting(64, at_least(1), "CACHEMGR_MAX_PEER_CONNECTIONS")
+    log_level: str = _setting("info", one_of("debug", "info", "warning", "error"), "CACHEMGR_LOG_LEVEL")
+    log_format: str = _setting("text", one_of("text", "json"), "CACHEMGR_LOG_FORMAT")
+    prefetch_file: Path | None = _setting(None, parse_path, "CACHEMGR_PREFETCH_FILE")
     max_body: int = _setting(1024 * 1024, parse_size)
     # Processes that accept on the daemon's sockets: the primary plus workers-1 that answer
     # hits and forward everything else to it. None (auto): one per two cores, at most
     # MAX_AUTO_WORKERS: the clients of a node's daemon run on that node's cores too.
-    workers: int | None = _setting(None, _workers, "CACHEMGR_WORKERS")
+    workers: int | None = _setting(None, parse_workers, "CACHEMGR_WORKERS")
     # Public keys ("ssh-ed25519 AAAA...") whose signatures `import` accepts; non-empty = required.
-    trusted_keys: tuple[str, ...] = _setting((), _trusted_keys, "CACHEMGR_TRUSTED_KEYS")
+    trusted_keys: tuple[str, ...] = _setting((), parse_trusted_keys, "CACHEMGR_TRUSTED_KEYS")
     # Lifecycle: watermarks for automatic pruning (daemon) and background scrubbing.
     prune_max_size: int | None = _setting(None, parse_size, "CACHEMGR_PRUNE_MAX_SIZE")
     prune_min_free: int | None = _setting(None, parse_size, "CACHEMGR_PRUNE_MIN_FREE")
     prune_unused_for: float | None = _setting(None, parse_duration, "CACHEMGR_PRUNE_UNUSED_FOR")
-    prune_keep_versions: int | None = _setting(None, _at_least(1), "CACHEMGR_PRUNE_KEEP_VERSIONS")
+    prune_keep_versions: int | None = _setting(None, at_least(1), "CACHEMGR_PRUNE_KEEP_VERSIONS")
     prune_grace: float = _setting(3600.0, parse_duration, "CACHEMGR_PRUNE_GRACE")
     scrub_rate: int | None = _setting(None, parse_size, "CACHEMGR_SCRUB_RATE")
     scrub_max_duration: float = _setting(600.0, parse_duration, "CACHEMGR_SCRUB_MAX_DURATION")
     config_files: tuple[Path, ...] = field(default=())
+
+    @property
+    def upstream_urls(self) -> tuple[str, ...]:
+        """Every upstream URL, in group order."""
+        return tuple(url for group in self.upstreams for url in group.urls)
 
     @property
     def prefetch_path(self) -> Path:
@@ -287,9 +219,19 @@ def load_settings(
             if env.get(var):
                 values["ca_bundle"] = _convert("ca_bundle", env[var], f"environment variable {var}")
                 break
+    if "proxy" not in values:
+        for var in ("HTTP_PROXY", "http_proxy"):
+            if env.get(var):
+                values["proxy"] = _convert("proxy", env[var], f"environment variable {var}")
+                break
+    if "registry_auth_file" not in values:
+        docker = Path(env["DOCKER_CONFIG"]) if env.get("DOCKER_CONFIG") else (
+            Path(env.get("HOME", "~")).expanduser() / ".docker")
+        values["registry_auth_file"] = docker / "config.json"
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _convert(key, value, f"option --{key.replace('_', '-')}")
     home = values.pop("home", None) or default_home(env)
     values.setdefault("socket", default_socket(env))
+    values.setdefault("node_id", parse_node_id(socket.gethostname().split(".")[0] or "node", "the hostname"))
     return replace(Settings(home=Path(home)), **values, config_files=tuple(files))

@@ -159,7 +159,7 @@ async def fetch_from_upstreams(
     settings: Settings, store: Store, session: aiohttp.ClientSession, handle: Handle
 ) -> Ref | None:
     """Try each upstream in order; the first that has the model wins."""
-    for base in settings.upstreams:
+    for base in settings.upstream_urls:
         try:
             ref = await fetch_from_upstream(settings, store, session, base, handle)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError) as exc:

@@ -138,7 +138,7 @@ async def status(request: web.Request) -> web.Response:
         "uptime": round(time.time() - state.started, 3), "offline": state.settings.offline,
         "inflight": sorted(state.inflight), "hits": m.hits + totals["hits"], "misses": m.misses,
         "fetches": m.fetches, "upstream_bytes": m.upstream_bytes, "errors": m.errors, "store_bytes": store_bytes,
-        "store_entries": entries, "upstreams": list(state.settings.upstreams),
+        "store_entries": entries, "upstreams": list(state.settings.upstream_urls),
         "worker_requests": totals["requests"], "forwarded": totals["forwarded"],
     })
 

@@ -1,0 +1,2 @@
+"""OCI registries and image layouts: models as CNCF ModelPack artifacts.
+"""
