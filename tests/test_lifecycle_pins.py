@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from cachemgr.lifecycle.pins import wanted_handles
@@ -61,16 +62,82 @@ def test_pins_flags_upstream_change(cli: Cli, origin: FakeOrigin, archives: Arch
     assert pins(cli, env={"CACHEMGR_OFFLINE": "1"})[handle]["upstream"] is None
 
 
+def pin_expiring_soon(cli: Cli, handle: str) -> None:
+    """Pin ``handle`` for one second and wait until that second has passed (a past --until is refused)."""
+    r = cli("pin", handle, "--until", "1s", "--json")
+    assert r.code == 0, r.err
+    until = float(json.loads(r.out)["pin"]["until"])
+    while time.time() <= until + 0.05:
+        time.sleep(0.1)
+
+
 def test_expired_pin_stops_protecting(cli: Cli, home: Path) -> None:
     assert cli("pull", MYMUL, TEXT1).code == 0
-    assert cli("pin", MYMUL, "--until", "2001-01-01").code == 0
+    pin_expiring_soon(cli, MYMUL)
     assert cli("pin", TEXT1).code == 0
     all_pins = pins(cli, "--no-check")
     assert all_pins[MYMUL]["state"] == "expired" and "no longer protects" in str(all_pins[MYMUL]["detail"])
     doc = json.loads(cli("prune", "--max-size", "0", "--grace", "0", "--json").out)
     assert doc["result"]["evicted"] == [MYMUL]
     r = cli("pin", MYMUL, "--until", "next tuesday")
-    assert r.code == 3 and "--until" in r.err
+    assert r.code == 2 and "--until 'next tuesday' is neither a date" in r.err
+
+
+def test_a_past_until_is_refused_and_nothing_is_written(cli: Cli, home: Path) -> None:
+    assert cli("pull", MYMUL).code == 0
+    for past in ("2020-01-01", "2001-01-01T18:00", "0s"):
+        r = cli("pin", MYMUL, "--until", past)
+        lines = r.err.strip().splitlines()
+        assert r.code == 2 and len(lines) == 1, (past, r.code, r.err)
+        assert lines[0].startswith(f"cachemgr: error: --until '{past}' is ") and "in the" in lines[0], r.err
+        assert "30d" in lines[0], r.err
+    assert not (home / "pins").exists() or not list((home / "pins").iterdir())
+
+
+def test_pinning_again_keeps_until_and_reason_and_says_what_changed(cli: Cli) -> None:
+    r = cli("pin", MYMUL, "--until", "30d", "--reason", "paper")
+    assert r.code == 0, r.err
+    until = pins(cli, "--no-check")[MYMUL]["until"]
+    assert "until " in r.out and "re-pinned" not in r.out
+    r = cli("pin", MYMUL)  # again, with nothing new: the expiry and reason stay
+    assert r.code == 0, r.err
+    again = pins(cli, "--no-check")[MYMUL]
+    assert again["until"] == until and again["reason"] == "paper"
+    note = r.out.splitlines()[-1]
+    assert note.startswith("  re-pinned: nothing changed; kept until ") and "reason 'paper'" in note, r.out
+    r = cli("pin", MYMUL, "--reason", "camera-ready", "--json")
+    doc = json.loads(r.out)
+    assert doc["repinned"] and doc["pin"]["until"] == until and doc["pin"]["reason"] == "camera-ready"
+    assert doc["changes"] == ["reason 'paper' -> 'camera-ready'"] and doc["kept"][0].startswith("until ")
+    r = cli("pin", MYMUL, "--until", "2d")
+    assert r.code == 0 and float(str(pins(cli, "--no-check")[MYMUL]["until"])) < float(str(until))
+    assert "  re-pinned: changed until " in r.out and "kept reason 'camera-ready'" in r.out, r.out
+
+
+def test_pins_check_exits_13_when_a_pin_does_not_hold(cli: Cli, origin: FakeOrigin, archives: Archives) -> None:
+    handle = "https://tfhub.dev/google/pin-check/1"
+    origin.add_model("google", "pin-check", 1, archives.mymul)
+    assert cli("pin", handle, "--reason", "release").code == 0
+    r = cli("pins", "--check")
+    assert r.code == 0 and handle in r.out, r.err
+    origin.add_model("google", "pin-check", 1, archives.text_v1)  # upstream changed
+    r = cli("pins", "--check")
+    assert r.code == 13 and handle in r.out, (r.code, r.err)
+    line = r.err.strip()
+    assert line == (f"cachemgr: error: pins --check: 1 pin of 1 not holding: {handle} (upstream changed); "
+                    "pull or re-pin them, or unpin what is no longer needed"), r.err
+    assert cli("pins").code == 0  # listing alone never fails
+    r = cli("pins", "--check", "--json")
+    assert r.code == 13 and json.loads(r.out)["failing"] == [handle]
+    # Offline, upstream is not asked; an expired pin and a wanted-but-missing one both fail the check.
+    origin.add_model("google", "pin-check", 1, archives.mymul)
+    assert cli("pins", "--check").code == 0
+    offline = {"CACHEMGR_OFFLINE": "1"}
+    assert cli("pin", TEXT2, env=offline).code == 0
+    pin_expiring_soon(cli, handle)
+    r = cli("pins", "--check", env=offline)
+    assert r.code == 13 and "2 pins of 2 not holding" in r.err, r.err
+    assert f"{handle} (expired)" in r.err and f"{TEXT2} (missing)" in r.err, r.err
 
 
 def test_path_records_last_use_and_du_reports_sharing(cli: Cli, home: Path) -> None:

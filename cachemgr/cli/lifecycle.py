@@ -10,6 +10,7 @@ import click
 
 from cachemgr.cli.output import emit_json, table
 from cachemgr.cli.util import DURATION, SIZE, Ctx, command, json_option, pass_ctx, with_store
+from cachemgr.errors import ChecksFailedError, exit_code_for
 from cachemgr.store.objects import Store
 from cachemgr.units import format_size, plural
 
@@ -20,25 +21,32 @@ def _when(ts: float | None) -> str:
 
 @command()
 @click.argument("handle")
-@click.option("--reason", default="", help="Why it is pinned (shown by `cachemgr pins`).")
-@click.option("--until", "until_text", help="Expiry: a date (2025-12-31) or a duration from now (30d).")
+@click.option("--reason", help="Why it is pinned (shown by `cachemgr pins`); pinning again keeps the old one.")
+@click.option("--until", "until_text",
+              help="Expiry: a future date (2025-12-31) or a duration from now (30d); pinning again keeps the old one.")
 @json_option
 @pass_ctx
 @with_store(create=True, clean=True)
-def pin(c: Ctx, store: Store, handle: str, reason: str, until_text: str | None, as_json: bool) -> None:
+def pin(c: Ctx, store: Store, handle: str, reason: str | None, until_text: str | None, as_json: bool) -> None:
     """Pin HANDLE so that prune never removes it (fetches it if it is not stored)."""
     from cachemgr.lifecycle import pins
     until = pins.parse_until(until_text, time.time()) if until_text else None
     out = pins.pin(c.settings, store, handle, reason=reason, until=until)
     if as_json:
         emit_json(out.to_json())
-    elif out.action == "wanted":
+        return
+    if out.action == "wanted":
         click.echo(f"wanted   {handle}  not stored and offline: recorded as wanted-but-missing; "
                    "it is fetched when online (`cachemgr pull` or the daemon)")
     else:
         digest = f"sha256:{(out.pin.digest or '')[:12]}"
         click.echo(f"{'fetched and pinned' if out.action == 'fetched' else 'pinned'}  {out.pin.handle}  {digest}"
-                   + (f"  until {_when(until)} UTC" if until else ""))
+                   + (f"  until {_when(out.pin.until)} UTC" if out.pin.until else ""))
+    if out.previous is not None:
+        said = [f"changed {', '.join(out.changes)}" if out.changes else "nothing changed"]
+        if out.kept:
+            said.append(f"kept {', '.join(out.kept)}")
+        click.echo(f"  re-pinned: {'; '.join(said)}")
 
 
 @command()
@@ -58,24 +66,39 @@ def unpin(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
 
 
 @command(name="pins")
-@click.option("--check/--no-check", default=True, help="Ask upstream whether pinned content changed (online).")
+@click.option("--check/--no-check", default=None,
+              help="--check: also exit 13 if any pin is expired, missing or changed (in the store or upstream), "
+              "for cron and monitoring. --no-check: do not ask upstream. [default: ask upstream when online, exit 0]")
 @json_option
 @pass_ctx
 @with_store()
-def pins_cmd(c: Ctx, store: Store, check: bool, as_json: bool) -> None:
+def pins_cmd(c: Ctx, store: Store, check: bool | None, as_json: bool) -> None:
     """List pins: who, when, why, until, and whether each still holds (or changed upstream)."""
     from cachemgr.lifecycle import pins
 
     statuses = pins.pin_statuses(store)
-    if check and not c.settings.offline:
+    if check is not False and not c.settings.offline:
         statuses = pins.with_upstream(c.settings, statuses)
+    failing = pins.failing(statuses) if check else []
     if as_json:
-        emit_json({"pins": [s.to_json() for s in statuses]})
-        return
-    rows = [[s.pin.handle, s.state + ("/upstream-changed" if s.upstream == "changed" else ""),
-             (s.pin.digest or "-")[:12], s.pin.who, _when(s.pin.when), _when(s.pin.until), s.pin.reason,
-             s.detail] for s in statuses]
-    click.echo(table(rows, ["HANDLE", "STATE", "DIGEST", "WHO", "WHEN", "UNTIL", "REASON", "NOTE"]))
+        doc: dict[str, object] = {"pins": [s.to_json() for s in statuses]}
+        if check:
+            doc["failing"] = [s.pin.handle for s in failing]
+        emit_json(doc)
+    else:
+        rows = [[s.pin.handle, s.state + ("/upstream-changed" if s.upstream == "changed" else ""),
+                 (s.pin.digest or "-")[:12], s.pin.who, _when(s.pin.when), _when(s.pin.until), s.pin.reason,
+                 s.detail] for s in statuses]
+        click.echo(table(rows, ["HANDLE", "STATE", "DIGEST", "WHO", "WHEN", "UNTIL", "REASON", "NOTE"]))
+    if failing:
+        err = ChecksFailedError(
+            f"pins --check: {plural(len(failing), 'pin')} of {len(statuses)} not holding: "
+            + ", ".join(f"{s.pin.handle} ({'upstream changed' if s.state == 'ok' else s.state})" for s in failing)
+            + "; pull or re-pin them, or unpin what is no longer needed")
+        if as_json:
+            click.echo(f"cachemgr: error: {err}", err=True)
+            sys.exit(exit_code_for(err))
+        raise err
 
 
 @command()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cachemgr.errors import ConfigError, NotPinnedError, OfflineMissError
+from cachemgr.errors import ConfigError, NotPinnedError, OfflineMissError, UsageError
 from cachemgr.handles import parse_handle
 from cachemgr.settings import Settings
 from cachemgr.store.fs import disk_error
@@ -39,19 +39,33 @@ class PinStatus:
 
 
 def parse_until(text: str, now: float) -> float:
-    """``--until``: an ISO date/datetime (UTC unless it names a zone) or a duration from now."""
+    """``--until``: an ISO date/datetime (UTC unless it names a zone) or a duration from now.
+
+    A time that is not in the future is refused: a pin that has expired before it is written
+    protects nothing, and accepting it would hide the typo.
+    """
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         try:
-            return now + parse_duration(text, "--until")
+            seconds = parse_duration(text, "--until")
         except ConfigError:
-            raise ConfigError(
+            raise UsageError(
                 f"--until {text!r} is neither a date (2025-12-31, 2025-12-31T18:00) nor a duration (30d)"
             ) from None
+        if seconds <= 0:
+            raise UsageError(f"--until {text!r} is not in the future; give a duration such as 30d") from None
+        return now + seconds
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    if moment.timestamp() <= now:
+        raise UsageError(f"--until {text!r} is in the past ({format_time(moment.timestamp())}); "
+                         "give a later date or a duration such as 30d")
     return moment.timestamp()
+
+
+def format_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 @dataclass(frozen=True)
@@ -59,9 +73,32 @@ class PinOutcome:
     pin: Pin
     action: Literal["pinned", "fetched", "wanted"]
     error: str = ""
+    previous: Pin | None = None  # the pin this one replaced
+    changes: tuple[str, ...] = ()  # what re-pinning changed, in words ("until ... -> ...")
+    kept: tuple[str, ...] = ()  # what re-pinning kept from the previous pin
 
     def to_json(self) -> dict[str, Any]:
-        return {"action": self.action, "error": self.error, "pin": self.pin.to_json()}
+        return {"action": self.action, "error": self.error, "pin": self.pin.to_json(),
+                "repinned": self.previous is not None, "changes": list(self.changes), "kept": list(self.kept)}
+
+
+def _describe(previous: Pin, new: Pin) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What changed from ``previous`` to ``new`` and what stayed, for the operator."""
+    def until(p: Pin) -> str:
+        return format_time(p.until) if p.until else "no expiry"
+
+    def digest(p: Pin) -> str:
+        return f"sha256:{p.digest[:12]}" if p.digest else "none (wanted)"
+
+    changes: list[str] = []
+    kept: list[str] = []
+    for name, old, now in (("until", until(previous), until(new)), ("reason", repr(previous.reason), repr(new.reason)),
+                           ("digest", digest(previous), digest(new))):
+        if old != now:
+            changes.append(f"{name} {old} -> {now}")
+        elif name != "digest" and (previous.until if name == "until" else previous.reason):
+            kept.append(f"{name} {old}")
+    return tuple(changes), tuple(kept)
 
 
 def _fetch(settings: Settings, store: Store, text: str) -> Ref:
@@ -75,12 +112,25 @@ def _fetch(settings: Settings, store: Store, text: str) -> Ref:
 
 
 def pin(
-    settings: Settings, store: Store, text: str, *, reason: str = "", until: float | None = None,
+    settings: Settings, store: Store, text: str, *, reason: str | None = None, until: float | None = None,
     now: float | None = None, who: str | None = None,
 ) -> PinOutcome:
-    """Pin ``text``; fetch it first if it is not stored (offline: record it as wanted)."""
+    """Pin ``text``; fetch it first if it is not stored (offline: record it as wanted).
+
+    Pinning again keeps the earlier ``until`` and ``reason`` unless new ones are given; the
+    outcome says what changed. An ``until`` that is not in the future is refused.
+    """
     now = time.time() if now is None else now
     parse_handle(text)  # a bad handle fails before anything is written
+    if until is not None and until <= now:
+        raise UsageError(f"--until {format_time(until)} is in the past; give a later date or a duration such as 30d")
+    previous = find_pin(store, text)
+    if previous is not None:
+        reason = previous.reason if reason is None else reason
+        until = previous.until if until is None else until
+        if previous.expired(now) and until is not None and until <= now:
+            until = None  # an expired pin renewed without --until: it holds again, with no expiry
+    reason = reason or ""
     ref = RefIndex(store).lookup(text)
     action: Literal["pinned", "fetched", "wanted"] = "pinned"
     error = ""
@@ -96,7 +146,10 @@ def pin(
     else:
         new = Pin(ref.handle, text, ref.manifest, who, now, reason, until, ref.etag, ref.x_goog_hash)
     write_pin(store, new)
-    return PinOutcome(new, action, error)
+    if previous is None:
+        return PinOutcome(new, action, error)
+    changes, kept = _describe(previous, new)
+    return PinOutcome(new, action, error, previous, changes, kept)
 
 
 def unpin(store: Store, text: str) -> Pin:
@@ -127,8 +180,8 @@ def pin_statuses(store: Store, now: float | None = None) -> list[PinStatus]:
         ref = index.lookup(p.handle)
         current = ref.manifest if ref is not None else None
         if p.expired(now):
-            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(p.until or 0))
-            out.append(PinStatus(p, "expired", current, detail=f"expired {when}; no longer protects the model"))
+            out.append(PinStatus(p, "expired", current,
+                                 detail=f"expired {format_time(p.until or 0)}; no longer protects the model"))
         elif ref is None:
             out.append(PinStatus(p, "missing", None, detail="wanted but missing: pull it or let the daemon fetch it"))
         elif p.digest is not None and ref.manifest != p.digest:
@@ -137,6 +190,11 @@ def pin_statuses(store: Store, now: float | None = None) -> list[PinStatus]:
         else:
             out.append(PinStatus(p, "ok", current))
     return out
+
+
+def failing(statuses: list[PinStatus]) -> list[PinStatus]:
+    """The pins ``pins --check`` fails on: expired, missing, changed in the store or upstream."""
+    return [s for s in statuses if s.state != "ok" or s.upstream == "changed"]
 
 
 def wanted_handles(store: Store, now: float | None = None, missing_only: bool = True) -> list[str]:
