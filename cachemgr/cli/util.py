@@ -21,6 +21,7 @@ import click
 from cachemgr.cli.output import fail
 from cachemgr.errors import CachemgrError, ConfigError, StoreError, UsageError
 from cachemgr.settings import Settings, load_settings
+from cachemgr.store.fs import NO_SPACE, disk_error
 from cachemgr.store.objects import open_store
 from cachemgr.units import parse_duration, parse_size
 
@@ -50,6 +51,8 @@ def os_error(exc: OSError) -> StoreError:
     where = exc.filename or "a file"
     if exc.filename2:
         where = f"{exc.filename} -> {exc.filename2}"
+    if exc.errno in NO_SPACE:
+        return disk_error(exc, where)
     return StoreError(f"{where}: {exc.strerror or exc}; check that it exists, that there is space, and that "
                       "this user may read and write it (owner, group, mode)")
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from cachemgr.errors import NoSpaceError
 from cachemgr.store.fs import atomic_write
 from cachemgr.store.objects import Store
 
@@ -46,7 +47,11 @@ def load_state(store: Store) -> ScrubState | None:
 
 
 def save_state(store: Store, state: ScrubState) -> None:
-    atomic_write(store.scrub_state, json.dumps(state.to_json(), indent=1).encode() + b"\n", store.tmp)
+    """Record the progress; on a full disk the check goes on, only unresumable (it reads, not writes)."""
+    try:
+        atomic_write(store.scrub_state, json.dumps(state.to_json(), indent=1).encode() + b"\n", store.tmp)
+    except NoSpaceError:
+        pass
 
 
 def resume_or_start(store: Store, now: float) -> ScrubState:

@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cachemgr.errors import StoreError
+from cachemgr.errors import NoSpaceError, StoreError
 from cachemgr.store.usage import host_tag
 
 
@@ -41,12 +41,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def disk_error(exc: OSError, what: Path | str) -> StoreError:
-    """A one-line StoreError for an OS error while writing ``what``."""
-    if exc.errno == errno.ENOSPC:
-        return StoreError(
-            f"no space left on device while writing {what}; free space "
-            "(e.g. cachemgr prune) or move CACHEMGR_HOME to a larger disk"
+    """A one-line StoreError for an OS error while writing ``what`` (the one place ENOSPC is named).
+
+    A full disk or quota (ENOSPC, EDQUOT) is a ``NoSpaceError`` (exit 10, HTTP 507); the CLI's
+    mapping of an unexpected OSError (``cli/util.os_error``) comes through here for those too.
+    """
+    if exc.errno in NO_SPACE:
+        full = "disk quota exceeded (no space for this user)" if exc.errno == errno.EDQUOT else (
+            "no space left on device")
+        return NoSpaceError(
+            f"{full} while writing {what}; free space (e.g. cachemgr prune) "
+            "or move CACHEMGR_HOME to a larger disk"
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError(f"cannot write {what}: {exc.strerror}; check permissions of CACHEMGR_HOME")
