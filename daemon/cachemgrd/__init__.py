@@ -5,6 +5,7 @@ app.py         the aiohttp application: the versioned JSON API, metrics, mirror 
 state.py       the primary's state: settings, store, single-flight resolves
 hitpath.py     the read-only hit path shared by the primary and its workers
 mirror_tar.py  a stored model as the tar stream tensorflow_hub expects
+immutable.py   blobs and manifests by digest, with the headers any HTTP cache needs (Range, ETag)
 watch.py       watchdog adoption, stale hub leftovers, prefetch, periodic sweep and scrub
 supervisor.py  the primary's side of workers: start, watch, restart, reload, stop
 worker.py      a worker process: answers hits, forwards the rest

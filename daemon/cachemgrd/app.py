@@ -20,13 +20,13 @@ from cachemgr import __version__
 from cachemgr.errors import CachemgrError, FetchError, HandleError, NotCachedError
 from cachemgr.handles import parse_handle
 from cachemgr.settings import Settings
-from cachemgr.store.fs import open_no_follow
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
 from cachemgr.store.usage import record_handle_use
 from cachemgrd.forward import VIA_HEADER, client_is_tcp
 from cachemgrd.hitpath import Resolved
 from cachemgrd.httperrors import error_response, plain_error
+from cachemgrd.immutable import SHORT_LIVED, serve_immutable
 from cachemgrd.metrics import render
 from cachemgrd.mirror_tar import gzip_chunks, tar_chunks, tar_size
 from cachemgrd.state import DaemonState
@@ -152,7 +152,8 @@ async def resolve(request: web.Request) -> web.Response:
     if not isinstance(handle, str):
         return plain_error(400, "bad_request", "body must be {\"handle\": \"<model handle>\"}")
     resolved = await request.app[STATE].resolve(handle)
-    return web.Response(body=resolved.body, content_type="application/json")
+    return web.Response(body=resolved.body, content_type="application/json",
+                        headers={"Cache-Control": SHORT_LIVED})
 
 
 async def pull(request: web.Request) -> web.Response:
@@ -194,19 +195,21 @@ async def get_ref(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ref = _ref_for(state, handle)
     await _served(state, ref)
-    return web.json_response(ref.to_json())
+    return web.json_response(ref.to_json(), headers={"Cache-Control": SHORT_LIVED})
 
 
 async def _serve_stored(request: web.Request, kind: str, path_of: Callable[[Store, str], Path],
                         content_type: str) -> web.StreamResponse:
-    """A manifest or blob by its digest: only a regular file reached without any link (checked in
-    a thread, not on the event loop), so a link planted in a shared store is never served."""
+    """A manifest or blob by its digest, with the headers that let any HTTP cache keep it
+    (``immutable.serve_immutable``: a regular file reached without any link, read in threads).
+    No token: it is read-only and named by its hash (a shared cache stores no answer to a
+    request with ``Authorization``, RFC 9111 3.5)."""
     digest = request.match_info["digest"]
     store = request.app[STATE].store
     if _DIGEST.match(digest):
-        path = path_of(store, digest)
-        if await asyncio.to_thread(_regular_inside, store.home, path):
-            return web.FileResponse(path, headers={"Content-Type": content_type})
+        resp = await serve_immutable(request, store.home, path_of(store, digest), digest, content_type)
+        if resp is not None:
+            return resp
     return plain_error(404, "not_found", f"no {kind} {digest}")
 
 
@@ -216,14 +219,6 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
     return await _serve_stored(request, "blob", Store.blob_path, "application/octet-stream")
-
-
-def _regular_inside(home: Path, path: Path) -> bool:
-    try:
-        os.close(open_no_follow(home, path))
-    except OSError:
-        return False
-    return True
 
 
 async def metrics(request: web.Request) -> web.Response:
