@@ -6,14 +6,18 @@ modules import directly (never this file).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tests.support.fuzz  # noqa: F401  (registers the hypothesis profiles before --hypothesis-profile is read)
 from tests.support.cli import Cli
+from tests.support.cluster import SharedStore
 from tests.support.env import BASE_ENV
+from tests.support.gluster import GlusterBed
 from tests.support.origin import FakeOrigin
 from tests.support.suite import Archives, Models, build_archives, build_models
 
@@ -56,3 +60,28 @@ def cli(home: Path, origin: FakeOrigin, tmp_path: Path) -> Cli:
     env = dict(BASE_ENV, CACHEMGR_MIRRORS=origin.mirrors, CACHEMGR_RETRIES="3", CACHEMGR_BACKOFF="0.05",
                XDG_CONFIG_HOME=str(tmp_path / "xdg-config"))
     return Cli(home, env)
+
+
+@pytest.fixture(scope="session")
+def gluster_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlusterBed]:
+    """A 2-brick GlusterFS volume and 4 nodes, each with its own FUSE mount at one path (fails, never skips)."""
+    bed = GlusterBed(tmp_path_factory.mktemp("gl"), nodes=4, bricks=2)
+    yield bed
+    bed.close()
+
+
+_stores = itertools.count(1)
+
+
+@pytest.fixture
+def shared_store(gluster_bed: GlusterBed, origin: FakeOrigin) -> Iterator[Callable[..., SharedStore]]:
+    """``shared_store(lease_timeout=..., node_timeout=...)``: a fresh store on the volume; its daemons stop after."""
+    made: list[SharedStore] = []
+
+    def make(**kw: Any) -> SharedStore:
+        made.append(SharedStore(gluster_bed, f"s{next(_stores)}", origin.mirrors, **kw))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.stop_daemons()

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,22 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, home: Path, env: dict[str, str], *args: str, sock: Path | None = None,
-                 listen: str | None = None) -> None:
+                 listen: str | None = None, wrap: Sequence[str] = (), rundir: Path | None = None) -> None:
+        """``wrap`` prefixes the command (``nsenter ... --``: run it on a node of the GlusterFS bed,
+        which execs, so ``proc.pid`` is the daemon's); ``rundir`` holds the socket, ready file and
+        log instead of ``home.parent`` (a node's local disk when ``home`` is on a volume this
+        process has not mounted there)."""
         self.home = home
-        self.sock = sock or home.parent / f"d-{home.name}.sock"
+        run = rundir or home.parent
+        self.sock = sock or run / f"d-{home.name}.sock"
         self.listen = listen
-        self.ready = home.parent / f"ready-{home.name}-{time.monotonic_ns()}"
+        self.ready = run / f"ready-{home.name}-{time.monotonic_ns()}"
         self.env = {**env, "CACHEMGR_HOME": str(home)}
-        cmd = [sys.executable, "-m", "cachemgr", *args, "daemon", "--socket", str(self.sock),
+        cmd = [*wrap, sys.executable, "-m", "cachemgr", *args, "daemon", "--socket", str(self.sock),
                "--ready-file", str(self.ready)]
         if listen:
             cmd += ["--listen", listen]
-        self.log = home.parent / f"daemon-{home.name}.log"
+        self.log = run / f"daemon-{home.name}-{time.monotonic_ns()}.log" if rundir else run / f"daemon-{home.name}.log"
         self._log_fh = self.log.open("wb")
         self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=self._log_fh, stderr=subprocess.STDOUT)
 
