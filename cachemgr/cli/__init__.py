@@ -2,7 +2,7 @@
 
 main.py       the click group and its global options; each command's module loads when it runs
 models.py     pull, add, env, ls, info, path
-lifecycle.py  pin, unpin, pins, prune, verify, du
+lifecycle.py  pin, unpin, pins, prune, verify, du, rm
 bundle.py     export, import, inventory, keygen
 daemon.py     daemon, status, shim install / uninstall
 util.py       the Command class (errors -> one line + exit code), with_store, option types

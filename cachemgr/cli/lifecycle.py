@@ -12,7 +12,7 @@ from cachemgr.cli.output import emit_json, table
 from cachemgr.cli.util import DURATION, SIZE, Ctx, command, json_option, pass_ctx, with_store
 from cachemgr.errors import ChecksFailedError, exit_code_for
 from cachemgr.store.objects import Store
-from cachemgr.units import format_size, plural
+from cachemgr.units import format_age, format_size, plural
 
 
 def _when(ts: float | None) -> str:
@@ -114,14 +114,12 @@ def pins_cmd(c: Ctx, store: Store, check: bool | None, as_json: bool) -> None:
 def prune(c: Ctx, store: Store, max_size: int | None, unused_for: float | None, keep_versions: int | None,
           min_free: int | None, grace: float | None, dry_run: bool, as_json: bool) -> None:
     """Remove unpinned, unused models and leftovers (LRU, age, version count, free space)."""
-    from cachemgr.lifecycle.prune_exec import execute_prune
-    from cachemgr.lifecycle.prune_plan import PrunePolicy, format_age, plan_prune
-    from cachemgr.lifecycle.scan import scan
+    from cachemgr.lifecycle.prune_exec import run_prune
+    from cachemgr.lifecycle.prune_plan import PrunePolicy
 
     policy = PrunePolicy.from_settings(c.settings, max_size=max_size, unused_for=unused_for,
                                        keep_versions=keep_versions, min_free=min_free, grace=grace)
-    plan = plan_prune(scan(store), policy, time.time())
-    result = None if dry_run else execute_prune(store, plan)
+    plan, result = run_prune(c.settings, store, policy, dry_run=dry_run)
     if as_json:
         doc = {"dry_run": dry_run, "plan": plan.to_json()}
         if result is not None:
@@ -201,4 +199,45 @@ def du(c: Ctx, store: Store, as_json: bool) -> None:
                f"leftovers {format_size(report.leftover)}")
 
 
-COMMANDS = [pin, unpin, pins_cmd, prune, verify, du]
+@command(name="rm")
+@click.argument("handles", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Also remove pinned models (and their pins).")
+@click.option("--dry-run", is_flag=True, help="Print what would go; delete nothing.")
+@json_option
+@pass_ctx
+@with_store()
+def rm(c: Ctx, store: Store, handles: tuple[str, ...], force: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove models: their refs, aliases and view links, and the blobs no other model uses."""
+    from cachemgr.lifecycle.remove_exec import execute_remove
+    from cachemgr.lifecycle.remove_plan import plan_remove
+    from cachemgr.lifecycle.scan import scan
+    from cachemgr.store.refs import RefIndex
+
+    index = RefIndex(store)
+    targets = [index.require(text).handle for text in handles]  # parsed and found, before anything goes
+    plan = plan_remove(scan(store, disk=False), targets, time.time(), force=force)
+    refusal = plan.refusal()
+    if refusal is not None:
+        raise refusal
+    result = None if dry_run else execute_remove(store, plan)
+    if as_json:
+        doc = {"dry_run": dry_run, "plan": plan.to_json()}
+        if result is not None:
+            doc["result"] = result.to_json()
+        emit_json(doc)
+        return
+    verb = "would remove" if dry_run else "remove"
+    for e in plan.prune.evict:
+        click.echo(f"{verb}  {e.handle}  {format_size(e.size)}  frees {format_size(e.frees)}")
+    for p in plan.unpin:
+        click.echo(f"{'would unpin' if dry_run else 'unpin'}  {p.handle}  (pinned by {p.who})")
+    if result is None:
+        click.echo(f"dry run: would free {format_size(plan.prune.bytes_to_free)} "
+                   f"({plural(len(plan.prune.blobs), 'blob')}); nothing deleted")
+        return
+    for skipped in result.skipped:
+        click.echo(f"skipped  {skipped}", err=True)
+    click.echo(f"removed {plural(len(result.evicted), 'model')}; freed {format_size(result.freed_bytes)}")
+
+
+COMMANDS = [pin, unpin, pins_cmd, prune, verify, du, rm]

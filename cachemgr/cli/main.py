@@ -18,7 +18,7 @@ from cachemgr.cli.util import Ctx, Group, report_usage_error
 # command name -> the module that defines it (each module's COMMANDS lists its commands)
 LAZY_COMMANDS: dict[str, str] = {
     **dict.fromkeys(["pull", "add", "env", "ls", "info", "path"], "cachemgr.cli.models"),
-    **dict.fromkeys(["pin", "unpin", "pins", "prune", "verify", "du"], "cachemgr.cli.lifecycle"),
+    **dict.fromkeys(["pin", "unpin", "pins", "prune", "verify", "du", "rm"], "cachemgr.cli.lifecycle"),
     **dict.fromkeys(["export", "import", "inventory", "keygen"], "cachemgr.cli.bundle"),
     **dict.fromkeys(["daemon", "status", "shim"], "cachemgr.cli.daemon"),
 }

@@ -3,6 +3,8 @@
 scan.py         one pass over the store: what it holds, pins and uses (input to planning)
 prune_plan.py   pure planning: a policy and a scan give a frozen prune plan
 prune_exec.py   carrying out a plan, safe against concurrent pulls and readers
+remove_plan.py  ``rm``: pure planning of removing named models (a prune plan of exactly them)
+remove_exec.py  ``rm``: carrying out such a plan (its pins, then prune_exec)
 pins.py         pin, unpin, pin states and the upstream check
 du.py           per-model disk use, from a scan
 problems.py     what verify finds: typed problem kinds, the report, the outcome (pure data)
