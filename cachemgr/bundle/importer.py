@@ -9,6 +9,10 @@ Order of events, so that a failed or interrupted import leaves refs and view as 
    adopted into blobs/ at once (harmless: nothing refers to it yet, prune collects it);
 4. the end of the tar, no missing/extra member, the zstd checksum, every needed blob held;
 5. only then: manifests, snapshots, refs and view links (``catalog.relink``).
+
+A dry run (``import --dry-run``) does 1-4 reading only: every packed blob is hashed and
+dropped, missing base blobs are reported instead of refused, and nothing in the store (which
+need not exist) is created or changed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, cast
 
@@ -70,10 +74,13 @@ class ImportResult:
     signer: str | None
     trusted: bool
     pins_added: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    missing: list[str] = field(default_factory=list)  # dry run: base blobs neither side has
 
     def to_json(self) -> dict[str, object]:
         return {
-            "bundle": self.where, "noop": self.noop, "added": self.added, "updated": self.updated,
+            "bundle": self.where, "dry_run": self.dry_run, "missing": self.missing,
+            "noop": self.noop, "added": self.added, "updated": self.updated,
             "unchanged": self.unchanged, "blobs_added": self.blobs_added, "bytes_added": self.bytes_added,
             "blobs_skipped": self.blobs_skipped, "pins_added": self.pins_added,
             "signer": signing.fingerprint(self.signer) if self.signer else None, "trusted": self.trusted,
@@ -164,7 +171,7 @@ def check_signature(body: bytes, signature: bytes | None, trusted: tuple[str, ..
 
 
 def import_bundle(store: Store, paths: list[Path], trusted: tuple[str, ...] = (),
-                  bar: Bar | None = None) -> ImportResult:
+                  bar: Bar | None = None, dry_run: bool = False) -> ImportResult:
     segments, where = collect_segments(paths)
     total = sum(s.length for s in segments)
     main = parse_trailer(read_tail(segments, TRAILER_SIZE)) if total >= TRAILER_SIZE else None
@@ -172,13 +179,13 @@ def import_bundle(store: Store, paths: list[Path], trusted: tuple[str, ...] = ()
     source = PayloadReader(segments, total - TRAILER_SIZE if whole else total)
     inflater = _Inflater(source, where)
     try:
-        return _run(store, inflater, source, segments, where, whole, trusted, bar)
+        return _run(store, inflater, source, segments, where, whole, trusted, bar, dry_run)
     finally:
         inflater.close()
 
 
 def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: list[Segment], where: str,
-         whole: bool, trusted: tuple[str, ...], bar: Bar | None) -> ImportResult:
+         whole: bool, trusted: tuple[str, ...], bar: Bar | None, dry_run: bool = False) -> ImportResult:
     tar = TarReader(inflater.read, where)
     try:
         first = tar.next()
@@ -204,6 +211,9 @@ def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: lis
     signer = check_signature(body, signature, trusted, where)
 
     plan = plan_import(bundle, local_state(store, bundle))
+    if dry_run:
+        return _dry_run(store, tar, member, bundle, plan, source, segments, where, whole, signer, trusted, bar,
+                        [p.asked for p in map(Pin.from_json, bundle.pins or []) if find_pin(store, p.asked) is None])
     if plan.missing:
         raise MissingBaseError(missing_report(bundle, plan.missing, where))
     store.create()
@@ -212,9 +222,7 @@ def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: lis
         added = _receive(store, tar, member, bundle, plan, staging, where, bar)
     finally:
         remove_quietly(staging)
-    if source.done != source_limit(segments, whole):
-        raise BundleError(f"{where}: data after the end of the compressed stream; the bundle was "
-                          "tampered with; export it again")
+    _check_end(source, segments, whole, where)
     absent = [b.sha256 for b in bundle.blobs if not store.has_blob(b.sha256)]
     if absent:
         raise StoreError(f"blob {absent[0]} vanished from {store.blobs} during the import "
@@ -226,6 +234,28 @@ def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: lis
         where=where, noop=plan.noop, added=plan.by_status("added"), updated=plan.by_status("updated"),
         unchanged=plan.by_status("unchanged"), blobs_added=len(added), bytes_added=sum(added.values()),
         blobs_skipped=len(plan.verify_only), signer=signer, trusted=bool(trusted), pins_added=pins_added,
+    )
+
+
+def _check_end(source: PayloadReader, segments: list[Segment], whole: bool, where: str) -> None:
+    if source.done != source_limit(segments, whole):
+        raise BundleError(f"{where}: data after the end of the compressed stream; the bundle was "
+                          "tampered with; export it again")
+
+
+def _dry_run(store: Store, tar: TarReader, member: Member | None, bundle: BundleManifest, plan: ImportPlan,
+             source: PayloadReader, segments: list[Segment], where: str, whole: bool, signer: str | None,
+             trusted: tuple[str, ...], bar: Bar | None, pins: list[str]) -> ImportResult:
+    """Verify every member as an import would, writing nothing; say what an import would do."""
+    check_only = replace(plan, write=frozenset(), verify_only=plan.write | plan.verify_only)
+    _receive(store, tar, member, bundle, check_only, Path(), where, bar)  # writes nothing: no staging needed
+    _check_end(source, segments, whole, where)
+    return ImportResult(
+        where=where, noop=plan.noop, added=plan.by_status("added"), updated=plan.by_status("updated"),
+        unchanged=plan.by_status("unchanged"), blobs_added=len(plan.write),
+        bytes_added=sum(b.size for b in bundle.blobs if b.sha256 in plan.write),
+        blobs_skipped=len(plan.verify_only), signer=signer, trusted=bool(trusted), pins_added=pins,
+        dry_run=True, missing=[b.sha256 for b in plan.missing],
     )
 
 

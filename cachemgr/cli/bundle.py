@@ -16,12 +16,12 @@ from cachemgr.bundle.format import Inventory
 from cachemgr.bundle.importer import ImportResult, import_bundle, take_inventory
 from cachemgr.cli.output import emit_json
 from cachemgr.cli.util import SIZE, Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
-from cachemgr.errors import UsageError
+from cachemgr.errors import MissingBaseError, UsageError, exit_code_for
 from cachemgr.progress import Bars
 from cachemgr.store.fs import atomic_write
-from cachemgr.store.objects import Store
+from cachemgr.store.objects import Store, open_store
 from cachemgr.store.refs import RefIndex
-from cachemgr.units import format_size
+from cachemgr.units import format_size, plural
 
 
 @command()
@@ -93,8 +93,24 @@ def _expand(files: tuple[str, ...]) -> list[list[Path]]:
     return wholes + ([parts] if parts else [])
 
 
+def _report_dry_run(result: ImportResult) -> None:
+    click.echo(f"dry run: {result.where} would add {plural(len(result.added), 'model')}, update "
+               f"{len(result.updated)}, leave {len(result.unchanged)} unchanged; "
+               f"{plural(result.blobs_added, 'new blob')} ({format_size(result.bytes_added)}), "
+               f"{result.blobs_skipped} already here (skipped); {len(result.missing)} missing")
+    for status, handles in (("add", result.added), ("update", result.updated), ("skip", result.unchanged)):
+        for handle in handles:
+            click.echo(f"  {status:9}{handle}")
+    for handle in result.pins_added:
+        click.echo(f"  pin      {handle}")
+    for digest in result.missing:
+        click.echo(f"  missing  blob {digest} (neither the bundle nor this store has it)")
+
+
 def _report(result: ImportResult) -> None:
-    if result.noop:
+    if result.dry_run:
+        _report_dry_run(result)
+    elif result.noop:
         click.echo(f"nothing to import: all {len(result.unchanged)} models in {result.where} are already here "
                    f"(verified {result.blobs_skipped} blobs)")
     else:
@@ -104,8 +120,9 @@ def _report(result: ImportResult) -> None:
         for status, handles in (("added", result.added), ("updated", result.updated)):
             for handle in handles:
                 click.echo(f"  {status:9}{handle}")
-    for handle in result.pins_added:
-        click.echo(f"  pinned   {handle}")
+    if not result.dry_run:
+        for handle in result.pins_added:
+            click.echo(f"  pinned   {handle}")
     if result.signer:
         trust = "trusted key" if result.trusted else "key not checked against a trusted list"
         click.echo(f"signature: good, by {signing.fingerprint(result.signer)} ({trust})")
@@ -117,11 +134,16 @@ def _report(result: ImportResult) -> None:
 @click.argument("files", nargs=-1, required=True)
 @click.option("--require-signature", "pubkeys", multiple=True, metavar="PUBKEY",
               help="Refuse bundles not signed by this key (.pub file or 'ssh-ed25519 ...'); repeatable.")
+@click.option("--dry-run", is_flag=True,
+              help="Verify the bundle and say what would be added, skipped and missing; change nothing.")
 @json_option
 @pass_ctx
-@with_store(missing_ok=True, clean=True)
-def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ...], as_json: bool) -> None:
+@with_store(missing_ok=True)
+def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ...], dry_run: bool,
+            as_json: bool) -> None:
     """Verify and add a bundle (a .tar.zst, or its parts) to the store; needs no network."""
+    if not dry_run:
+        open_store(c.settings, create=False, missing_ok=True, clean=True)  # stale temps of dead runs go
 
     trusted = list(c.settings.trusted_keys)
     for item in pubkeys:
@@ -130,13 +152,23 @@ def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ..
     for group in _expand(files):
         bar = Bars(sys.stderr.isatty() and not as_json).new(f"import {group[0].name}")
         try:
-            results.append(import_bundle(store, group, tuple(dict.fromkeys(trusted)), bar))
+            results.append(import_bundle(store, group, tuple(dict.fromkeys(trusted)), bar, dry_run=dry_run))
         finally:
             bar.close()
         if not as_json:
             _report(results[-1])
     if as_json:
         emit_json({"results": [r.to_json() for r in results]})
+    if dry_run:
+        missing = [r for r in results if r.missing]
+        if missing:  # the import itself would be refused: say so with its exit code
+            err = MissingBaseError(f"{missing[0].where}: an import would be refused: a delta relying on "
+                                   f"{plural(len(missing[0].missing), 'blob')} this store does not have; make a "
+                                   "fresh `cachemgr inventory` here and export again with --have")
+            click.echo(f"cachemgr: error: {err}", err=True)
+            sys.exit(exit_code_for(err))
+        if not as_json:
+            click.echo("dry run: nothing was changed")
 
 
 @command()
