@@ -93,40 +93,66 @@ def sniff(head: bytes, name: str) -> Compression:
 
 
 class _ZstdReader(io.RawIOBase):
+    """Inflates zstd frames with bounded memory.
+
+    zstandard's ``decompressobj`` returns everything a call's input inflates to, and a zstd
+    RLE block turns 4 bytes into 128 KiB: one 1 MiB read could be 32 GiB of RAM before any
+    cap is counted. So the input goes in ``FEED``-byte pieces, only as output is wanted:
+    at most ``FEED / 4 * 128 KiB`` (16 MiB) is inflated ahead of the reader, and the caps
+    (counted by the reader, ``unpack.TreeBuilder``) stop a bomb while it streams.
+    """
+
+    FEED = 512
+
     def __init__(self, raw: Readable, name: str) -> None:
         self._raw = raw
         self._name = name
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = self._dctx.decompressobj()
+        self._pending = b""
+        self._at = 0
         self._buf = b""
+        self._pos = 0
         self._done = False
+        self._mid_frame = True  # until a frame has ended (an empty stream is truncated too)
 
     def readable(self) -> bool:
         return True
 
+    def _next_piece(self) -> bytes:
+        if self._at >= len(self._pending):
+            self._pending, self._at = self._raw.read(1 << 20), 0
+            if not self._pending:
+                return b""
+        piece = self._pending[self._at:self._at + self.FEED]
+        self._at += len(piece)
+        return piece
+
     def read(self, n: int = -1) -> bytes:
-        while not self._buf and not self._done:
-            chunk = self._raw.read(1 << 20)
-            if not chunk:
-                if not self._obj.eof:
+        while self._pos >= len(self._buf) and not self._done:
+            piece = self._next_piece()
+            if not piece:
+                if self._mid_frame:
                     raise CorruptArchiveError(
                         f"{self._name}: zstd stream is truncated; fetch the archive again"
                     )
                 self._done = True
                 break
             try:
-                out = self._obj.decompress(chunk)
+                if self._obj.eof:  # the last piece ended a frame exactly: the next one starts here
+                    self._obj = self._dctx.decompressobj()
+                out = self._obj.decompress(piece)
                 while self._obj.eof and self._obj.unused_data:
                     rest = self._obj.unused_data
                     self._obj = self._dctx.decompressobj()
-                    out += self._obj.decompress(rest)
+                    out += self._obj.decompress(rest)  # under FEED bytes: bounded as well
             except zstandard.ZstdError as exc:
                 raise CorruptArchiveError(f"{self._name}: zstd data is corrupt ({exc})") from None
-            self._buf = out
-        if n < 0 or n >= len(self._buf):
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
+            self._mid_frame = not self._obj.eof
+            self._buf, self._pos = out, 0
+        end = len(self._buf) if n < 0 else self._pos + n
+        out = self._buf[self._pos:end]  # an offset, not a re-slice: no quadratic copying of a big buffer
+        self._pos += len(out)
         return out
 
 

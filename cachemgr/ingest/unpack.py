@@ -26,6 +26,7 @@ from cachemgr.errors import (
     UnsafeArchiveError,
 )
 from cachemgr.ingest.decompress import Compression, Readable, open_decompressed
+from cachemgr.ingest.tarheaders import guarded_tarinfo
 from cachemgr.store.fs import disk_error, remove_quietly
 from cachemgr.store.manifest import FileEntry, Limits, Manifest, check_manifest
 from cachemgr.store.objects import Store
@@ -180,7 +181,9 @@ def ingest_stream(store: Store, source: Readable, name: str, limits: Limits) -> 
     try:
         stream, compression = open_decompressed(source, name)
         try:
-            with _read_header(name, lambda: tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)) as tar:
+            tarinfo = guarded_tarinfo(name)  # extended headers capped before tarfile reads them
+            with _read_header(name, lambda: tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK,
+                                                         tarinfo=tarinfo)) as tar:
                 while (member := _read_header(name, tar.next)) is not None:
                     _add_member(builder, tar, member)
             _drain(stream, builder)
