@@ -116,6 +116,12 @@ class LeaseLostError(StoreError):
     code = "lease_lost"
 
 
+class StoreBusyError(StoreError):
+    """Another node holds the store-wide lease for this work (prune, rm)."""
+
+    code = "store_busy"
+
+
 class RegistryError(FetchError):
     """An OCI registry refused or failed a request."""
 

@@ -233,5 +233,5 @@ def load_settings(
             values[key] = _convert(key, value, f"option --{key.replace('_', '-')}")
     home = values.pop("home", None) or default_home(env)
     values.setdefault("socket", default_socket(env))
-    values.setdefault("node_id", parse_node_id(socket.gethostname().split(".")[0] or "node", "the hostname"))
+    values.setdefault("node_id", parse_node_id(socket.gethostname()[:64] or "node", "the hostname"))
     return replace(Settings(home=Path(home)), **values, config_files=tuple(files))

@@ -50,3 +50,12 @@ def format_size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def format_age(seconds: float) -> str:
+    """A duration in the style of the duration flags: 45s, 2.5m, 1.0h, 3.2d."""
+    seconds = max(0.0, seconds)
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f}{unit}"
+    return f"{seconds:.0f}s"

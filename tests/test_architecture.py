@@ -37,6 +37,7 @@ EXPECTED: dict[type[E.CachemgrError], tuple[int, int]] = {
     E.NoSpaceError: (10, 507),
     E.StorePermissionError: (10, 507),
     E.LeaseLostError: (10, 507),
+    E.StoreBusyError: (10, 507),
     E.RegistryError: (7, 502),
     E.RegistryAuthError: (7, 502),
     E.ChecksFailedError: (13, 500),

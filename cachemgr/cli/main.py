@@ -21,6 +21,8 @@ LAZY_COMMANDS: dict[str, str] = {
     **dict.fromkeys(["pin", "unpin", "pins", "prune", "verify", "du", "rm"], "cachemgr.cli.lifecycle"),
     **dict.fromkeys(["export", "import", "inventory", "keygen"], "cachemgr.cli.bundle"),
     **dict.fromkeys(["daemon", "status", "shim"], "cachemgr.cli.daemon"),
+    "push": "cachemgr.cli.oci",
+    **dict.fromkeys(["nodes"], "cachemgr.cli.cluster"),
 }
 
 

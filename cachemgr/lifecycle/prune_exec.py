@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cachemgr.cluster.exclusive import exclusive
+from cachemgr.cluster.nodes import announce
+from cachemgr.errors import StoreBusyError
 from cachemgr.lifecycle.prune_plan import Eviction, PrunePlan, PrunePolicy, plan_prune
 from cachemgr.lifecycle.scan import scan, scan_models
 from cachemgr.settings import Settings
@@ -267,7 +270,20 @@ def auto_prune(settings: Settings, store: Store, now: float | None = None) -> Pr
     policy = policy_from_settings(settings)
     if policy is None:
         return None
-    plan = plan_prune(scan(store), policy, time.time() if now is None else now)
-    if plan.is_empty():
-        return PruneResult()
-    return execute_prune(store, plan)
+    try:
+        _plan, result = run_prune(settings, store, policy, now=now)
+    except StoreBusyError:
+        return PruneResult()  # another node is pruning this store right now
+    return result
+
+
+def run_prune(settings: Settings, store: Store, policy: PrunePolicy, *, dry_run: bool = False,
+              now: float | None = None) -> tuple[PrunePlan, PruneResult | None]:
+    """Scan, plan and (unless ``dry_run``) execute, under the store's prune lease: one node
+    prunes a shared store at a time (StoreBusyError otherwise). A dry run takes no lease."""
+    if dry_run:
+        return plan_prune(scan(store), policy, time.time() if now is None else now), None
+    announce(settings, "cli")
+    with exclusive(settings, "prune", "prune"):
+        plan = plan_prune(scan(store), policy, time.time() if now is None else now)
+        return plan, (PruneResult() if plan.is_empty() else execute_prune(store, plan))

@@ -18,7 +18,7 @@ from typing import Any
 
 from cachemgr.lifecycle.scan import ModelRecord, StoreScan
 from cachemgr.settings import Settings
-from cachemgr.units import format_size
+from cachemgr.units import format_age, format_size
 
 _SERIES = re.compile(r"^(.*)/([0-9]+)/?$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -35,6 +35,10 @@ class PrunePolicy:
     # Content no ref names yet is exactly what a pull looks like between publishing its snapshot
     # and writing its ref: it is kept at least this long, whatever ``grace`` says.
     in_flight: float = 600.0
+    # Cluster: a node silent (no heartbeat, no use) for longer than node_timeout holds nothing
+    # back; a lease not renewed for lease_timeout is stale and protects nothing.
+    node_timeout: float = 7 * 24 * 3600.0
+    lease_timeout: float = 60.0
 
     def to_json(self) -> dict[str, Any]:
         return {"max_size": self.max_size, "unused_for": self.unused_for, "keep_versions": self.keep_versions,
@@ -50,7 +54,8 @@ class PrunePolicy:
 
         return PrunePolicy(pick(max_size, settings.prune_max_size), pick(unused_for, settings.prune_unused_for),
                            pick(keep_versions, settings.prune_keep_versions), pick(min_free, settings.prune_min_free),
-                           pick(grace, settings.prune_grace), settings.temp_grace)
+                           pick(grace, settings.prune_grace), settings.temp_grace,
+                           node_timeout=settings.node_timeout, lease_timeout=settings.lease_timeout)
 
 
 @dataclass(frozen=True)
@@ -107,14 +112,6 @@ class PrunePlan:
             "size_before": self.size_before, "size_after": self.size_after,
             "bytes_to_free": self.bytes_to_free, "unmet": list(self.unmet),
         }
-
-
-def format_age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= length:
-            return f"{seconds / length:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def series_of(handle: str) -> tuple[str, int]:
@@ -178,6 +175,36 @@ class _Ledger:
         return sum(size for sha, size in rec.blobs if sha in self.sizes) if rec is not None else 0
 
 
+def counted_use(m: ModelRecord, scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[float, str] | None:
+    """A model's newest use by a node that is not silent past ``node_timeout``, and that node."""
+    best: tuple[float, str] | None = None
+    for tag, when in m.uses:
+        seen = max(when, scan.heartbeats.get(tag, 0.0))
+        if now - seen <= policy.node_timeout and (best is None or when > best[0]):
+            best = (when, tag)
+    return best
+
+
+def activity(m: ModelRecord, scan: StoreScan, policy: PrunePolicy, now: float) -> float:
+    """When a model was last used (by a node that counts) or written: what LRU looks at."""
+    use = counted_use(m, scan, policy, now)
+    return max(use[0] if use else 0.0, m.fetched_at, m.ref_mtime)
+
+
+def live_fetches(scan: StoreScan, policy: PrunePolicy, now: float) -> dict[str, float]:
+    """Handles being fetched under a live lease by a node that counts -> when that fetch began."""
+    out: dict[str, float] = {}
+    for state in scan.leases:
+        rec = state.record
+        if state.expired(policy.lease_timeout, now):
+            continue
+        if rec is None:
+            out.setdefault("", state.mtime)  # being written: something is in flight
+        elif rec.name.startswith("fetch-"):
+            out[rec.what] = min(out.get(rec.what, rec.started), rec.started)
+    return out
+
+
 def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict[str, str], set[str]]:
     cutoff = now - policy.grace
     by_alias: dict[str, str] = {}
@@ -203,12 +230,16 @@ def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict
     # A running pull/import keeps a temp in tmp/: refs written since it started are its work.
     running = [t.mtime for t in scan.temps if t.owner == "live"
                or (t.owner == "foreign" and now - t.mtime < policy.foreign_temp_grace)]
-    in_flight_since = min(running, default=float("inf"))
+    fetching = live_fetches(scan, policy, now)
+    in_flight_since = min([*running, *fetching.values()], default=float("inf"))
     for m in scan.models:
+        use = counted_use(m, scan, policy, now)
         if m.ref_mtime >= in_flight_since:
             protected.setdefault(m.handle, "written while a pull or import is running (in flight)")
-        elif m.last_use is not None and m.last_use > cutoff:
-            protected.setdefault(m.handle, f"used {format_age(now - m.last_use)} ago, within the grace period")
+        elif m.handle in fetching or any(a in fetching for a in m.aliases):
+            protected.setdefault(m.handle, "being fetched under a live lease (in flight)")
+        elif use is not None and use[0] > cutoff:
+            protected.setdefault(m.handle, f"used {format_age(now - use[0])} ago by {use[1]}, within the grace period")
         elif max(m.fetched_at, m.ref_mtime) > cutoff:
             protected.setdefault(m.handle, "written within the grace period (in flight)")
         elif m.manifest in roots:
@@ -228,11 +259,11 @@ def plan_prune(scan: StoreScan, policy: PrunePolicy, now: float) -> PrunePlan:
     size_before = ledger.size
 
     candidates = sorted((m for m in scan.models if m.handle not in protected),
-                        key=lambda m: (m.last_activity, m.handle))
+                        key=lambda m: (activity(m, scan, policy, now), m.handle))
     chosen: dict[str, str] = {}
     if policy.unused_for is not None:
         for m in candidates:
-            idle = now - m.last_activity
+            idle = now - activity(m, scan, policy, now)
             if idle > policy.unused_for:
                 chosen[m.handle] = f"unused for {format_age(idle)} (more than {format_age(policy.unused_for)})"
     if policy.keep_versions is not None:

@@ -14,16 +14,18 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from cachemgr.cluster.lease import LeaseState, all_leases
+from cachemgr.cluster.nodes import read_nodes
 from cachemgr.errors import CachemgrError
 from cachemgr.store.fs import owner_of, pid_alive
 from cachemgr.store.manifest import parse_manifest
 from cachemgr.store.objects import Store
 from cachemgr.store.pins import Pin, read_pins
 from cachemgr.store.refs import Ref
-from cachemgr.store.usage import host_tag, last_use_of, last_uses
+from cachemgr.store.usage import host_tag, hub_key, tag_of, uses_by_node
 
 TempOwner = Literal["live", "dead", "foreign"]
 
@@ -37,6 +39,7 @@ class ModelRecord:
     fetched_at: float
     ref_mtime: float
     last_use: float | None
+    uses: tuple[tuple[str, float], ...] = ()  # (node tag, its newest use over all aliases)
 
     @property
     def last_activity(self) -> float:
@@ -71,6 +74,10 @@ class StoreScan:
     temps: tuple[TempRecord, ...]
     disk_free: int | None = None
     unreadable_refs: int = 0
+    # Cluster: each node's last heartbeat (by node tag), and the leases held (live or not:
+    # planning decides staleness with the policy's lease_timeout).
+    heartbeats: Mapping[str, float] = field(default_factory=dict)
+    leases: tuple[LeaseState, ...] = ()
 
     def blob_sizes(self) -> dict[str, int]:
         """Size of every blob present (from manifests, or stat for loose ones)."""
@@ -101,10 +108,18 @@ def _read_manifest(path: str, digest: str, mtime: float) -> ManifestRecord:
     return ManifestRecord(digest, tuple(sorted(sizes.items())), mtime)
 
 
-def scan_models(store: Store, uses: dict[str, float] | None = None) -> tuple[list[ModelRecord], int]:
-    """Every readable ref, with its last use (newest over all aliases and hosts); and how many
+def _node_uses(aliases: tuple[str, ...], uses: dict[str, dict[str, float]]) -> tuple[tuple[str, float], ...]:
+    per: dict[str, float] = {}
+    for alias in aliases:
+        for tag, when in uses.get(hub_key(alias), {}).items():
+            per[tag] = max(per.get(tag, 0.0), when)
+    return tuple(sorted(per.items()))
+
+
+def scan_models(store: Store, uses: dict[str, dict[str, float]] | None = None) -> tuple[list[ModelRecord], int]:
+    """Every readable ref, with its last use per node (newest over all aliases); and how many
     ref files could not be read."""
-    uses = last_uses(store.home) if uses is None else uses
+    uses = uses_by_node(store.home) if uses is None else uses
     out: list[ModelRecord] = []
     bad = 0
     try:
@@ -118,8 +133,9 @@ def scan_models(store: Store, uses: dict[str, float] | None = None) -> tuple[lis
             with open(entry.path, "rb") as fh:
                 mtime = os.fstat(fh.fileno()).st_mtime
                 ref = Ref.from_json(json.loads(fh.read()))
+            node_uses = _node_uses(ref.aliases, uses)
             out.append(ModelRecord(ref.handle, ref.manifest, ref.aliases, ref.size, ref.fetched_at, mtime,
-                                   last_use_of(ref.aliases, uses)))
+                                   max((t for _, t in node_uses), default=None), node_uses))
         except FileNotFoundError:
             continue
         except (OSError, ValueError, TypeError):
@@ -202,7 +218,10 @@ def scan(store: Store, *, disk: bool = True) -> StoreScan:
             disk_free = shutil.disk_usage(store.home).free
         except OSError:
             disk_free = None
+    nodes, _bad_nodes = read_nodes(store.home)
+    heartbeats = {tag_of(n.node): n.heartbeat for n in nodes}
     return StoreScan(
         taken_at, tuple(models), manifests, snapshots, frozenset(blobs), loose,
         tuple(read_pins(store)), tuple(scan_temps(store)), disk_free, bad_refs,
+        heartbeats, tuple(all_leases(store.home)),
     )
