@@ -17,10 +17,12 @@ from cachemgr.bundle.importer import ImportResult, import_bundle, take_inventory
 from cachemgr.cli.output import emit_json
 from cachemgr.cli.util import SIZE, Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
 from cachemgr.errors import MissingBaseError, UsageError, exit_code_for
+from cachemgr.oci.layout import export_layout, import_layout, is_layout
 from cachemgr.progress import Bars
 from cachemgr.store.fs import atomic_write
+from cachemgr.store.manifest import Limits
 from cachemgr.store.objects import Store, open_store
-from cachemgr.store.refs import RefIndex
+from cachemgr.store.refs import Ref, RefIndex
 from cachemgr.units import format_size, plural
 
 
@@ -35,15 +37,21 @@ from cachemgr.units import format_size, plural
               help="Inventory of the receiving side (cachemgr inventory): pack only the blobs it lacks.")
 @click.option("--split-size", type=SIZE, help="Write FILE.part001, .part002, ... of at most SIZE each (e.g. 4000M).")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), help="Sign with this ed25519 key (keygen).")
+@click.option("--format", "fmt", type=click.Choice(["bundle", "oci-layout"]), default="bundle", show_default=True,
+              help="bundle: one .tar.zst; oci-layout: an OCI image layout directory -o DIR (ModelPack artifacts).")
 @json_option
 @pass_ctx
 @with_store(clean=True)
 def export(c: Ctx, store: Store, handles: tuple[str, ...], from_file: Path | None, everything: bool, pinned: bool,
            with_pins: bool, output: Path, have: Path | None, split_size: int | None, sign_key: Path | None,
-           as_json: bool) -> None:
-    """Write models (their refs, manifests and blobs, each once) to one .tar.zst bundle."""
+           fmt: str, as_json: bool) -> None:
+    """Write models (their refs, manifests and blobs, each once) to one .tar.zst bundle or an OCI layout."""
     if from_file is not None:
         handles = tuple(handles_from(handles, from_file))
+    if fmt == "oci-layout":
+        _export_layout(store, select_refs(store, handles, everything, live_pins(store) if pinned else ()),
+                       output, as_json)
+        return
     inv = None
     if have is not None:
         try:
@@ -76,6 +84,32 @@ def export(c: Ctx, store: Store, handles: tuple[str, ...], from_file: Path | Non
                f"{len(bundle.packed)} blobs ({format_size(bundle.packed_bytes)})"
                + (f", {omitted} blobs the receiver has left out" if inv is not None else ""))
     click.echo(f"signed by {doc['signer']}" if result.signer else "unsigned (use --sign KEY to sign)")
+
+
+def _export_layout(store: Store, refs: list[Ref], output: Path, as_json: bool) -> None:
+    done = export_layout(store, refs, output)
+    if as_json:
+        emit_json({"layout": str(done.path), "models": done.models, "names": done.names, "blobs": done.blobs,
+                   "size": done.size})
+        return
+    click.echo(f"wrote OCI layout {done.path}: {len(done.models)} models, {done.blobs} blobs "
+               f"({format_size(done.size)})")
+    for name in done.names:
+        click.echo(f"  oci:{done.path}:{name}")
+
+
+def _import_layout(c: Ctx, store: Store, path: Path, dry_run: bool, as_json: bool) -> None:
+    result = import_layout(store, path, Limits.of(c.settings), dry_run=dry_run)
+    if as_json:
+        emit_json({"results": [result.to_json()]})
+        return
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"{verb} {result.where}: {len(result.added)} added, {len(result.updated)} updated, "
+               f"{len(result.unchanged)} unchanged; {result.blobs_added} new blobs "
+               f"({format_size(result.bytes_added)}), {result.blobs_verified} verified")
+    for status, handles in (("added", result.added), ("updated", result.updated)):
+        for handle in handles:
+            click.echo(f"  {status:9}{handle}")
 
 
 def _expand(files: tuple[str, ...]) -> list[list[Path]]:
@@ -145,6 +179,9 @@ def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ..
     if not dry_run:
         open_store(c.settings, create=False, missing_ok=True, clean=True)  # stale temps of dead runs go
 
+    if len(files) == 1 and is_layout(Path(files[0])):  # an OCI image layout directory (docs/oci.md)
+        _import_layout(c, store, Path(files[0]), dry_run, as_json)
+        return
     trusted = list(c.settings.trusted_keys)
     for item in pubkeys:
         trusted += signing.read_public_keys(item, "--require-signature")

@@ -16,6 +16,8 @@ from cachemgr.handles import Handle, parse_handle, with_compressed_query
 from cachemgr.ingest.pipe import ChunkPipe, ReaderGone
 from cachemgr.ingest.publish import record_model, relink
 from cachemgr.ingest.unpack import ingest_directory, ingest_stream
+from cachemgr.oci.pull import pull_reference
+from cachemgr.oci.reference import is_oci
 from cachemgr.progress import Bars
 from cachemgr.settings import Settings
 from cachemgr.store.manifest import Limits
@@ -94,6 +96,8 @@ class Puller:
                 await session.close()
 
     async def pull_one(self, text: str, session: Any, refresh: bool = False) -> PullResult:
+        if is_oci(text):  # an artifact reference: oci://HOST[:PORT]/REPO:TAG
+            return await self._pull_oci(text, session)
         handle = parse_handle(text)
         existing = self.index.lookup(text)
         if existing is not None and not refresh:
@@ -110,6 +114,13 @@ class Puller:
             if ref is not None:
                 return PullResult(text, "pulled", ref)
         return await self._download(handle, session)
+
+    async def _pull_oci(self, text: str, session: Any) -> PullResult:
+        if self.settings.offline or session is None:
+            raise OfflineMissError(f"{text} is in a registry and offline mode is on (CACHEMGR_OFFLINE/--offline); "
+                                   "go online, or export the model to an OCI layout and `cachemgr import` it")
+        got = await pull_reference(self.settings, self.store, session, text)
+        return PullResult(text, "pulled", got.ref, None, got.counts.downloaded, got.counts.downloaded_bytes)
 
     def _present(self, ref: Ref, handle: Handle) -> Ref | None:
         """Relink a stored model, marking its ref as in use so that a concurrent prune keeps it;
