@@ -19,7 +19,7 @@ def test_ls_info_path_json(cli: Cli, home: Path) -> None:
     for m in models:
         assert Path(m["path"]).is_dir() and m["size"] > 0 and m["aliases"]
     table = cli("ls").out.splitlines()
-    assert table[0].split() == ["HANDLE", "DIGEST", "SIZE", "ALIASES"] and len(table) == 3
+    assert table[0].split() == ["HANDLE", "DIGEST", "SIZE", "ALIASES", "STATE"] and len(table) == 3
 
     info = json.loads(cli("info", TFHUB + "/", "--json").out)
     assert info["handle"] == TFHUB and info["asked"] == TFHUB and info["source"] == "pull"

@@ -184,7 +184,7 @@ def verify(c: Ctx, store: Store, handles: tuple[str, ...], deep: bool, repair: b
 @pass_ctx
 @with_store()
 def du(c: Ctx, store: Store, as_json: bool) -> None:
-    """Per model: size, unique and shared bytes, last use, pinned."""
+    """Per model: size, unique and shared bytes, last use, pinned, state (and its fix)."""
     from cachemgr.lifecycle.du import disk_usage
     from cachemgr.lifecycle.scan import scan
 
@@ -193,8 +193,11 @@ def du(c: Ctx, store: Store, as_json: bool) -> None:
         emit_json(report.to_json())
         return
     rows = [[m.handle, format_size(m.size), format_size(m.unique), format_size(m.shared), _when(m.last_use),
-             m.pinned or "-"] for m in report.models]
-    click.echo(table(rows, ["HANDLE", "SIZE", "UNIQUE", "SHARED", "LAST USE", "PINNED"]))
+             m.pinned or "-", m.state] for m in report.models]
+    click.echo(table(rows, ["HANDLE", "SIZE", "UNIQUE", "SHARED", "LAST USE", "PINNED", "STATE"]))
+    for m in report.models:
+        if m.fix:
+            click.echo(f"{m.handle}: {m.fix}")
     click.echo(f"total {format_size(report.total)} in {report.blobs} blobs; "
                f"leftovers {format_size(report.leftover)}")
 

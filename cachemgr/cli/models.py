@@ -14,6 +14,7 @@ from cachemgr.cli.output import emit_json, table
 from cachemgr.cli.util import Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
 from cachemgr.errors import NotCachedError, exit_code_for
 from cachemgr.fetch.pull import add_local, pull_handles
+from cachemgr.lifecycle.model_state import ModelState, states_of
 from cachemgr.progress import Bars
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
@@ -21,9 +22,13 @@ from cachemgr.store.usage import record_handle_use
 from cachemgr.units import format_size
 
 
-def _ref_json(ref: Ref, store: Store) -> dict[str, Any]:
+def _ref_json(ref: Ref, store: Store, state: ModelState) -> dict[str, Any]:
+    """A ref as ``ls``/``info`` print it: with its state, and a path only if the snapshot is there."""
     doc = ref.to_json()
-    doc["path"] = str(store.snapshot_path(ref.manifest))
+    snap = store.snapshot_path(ref.manifest)
+    doc["path"] = str(snap) if state.code not in ("out_of_service", "missing_manifest", "corrupt_manifest") else None
+    doc["state"] = state.code
+    doc["fix"] = state.fix
     return doc
 
 
@@ -90,14 +95,18 @@ def env(c: Ctx, store: Store, shell: str) -> None:
 @pass_ctx
 @with_store(missing_ok=True)
 def ls_cmd(c: Ctx, store: Store, as_json: bool) -> None:
-    """List stored models: handle, digest, size, aliases."""
+    """List stored models: handle, digest, size, aliases, state (and its fix)."""
     refs = RefIndex(store).all() if store.exists() else []
+    states = states_of(store, refs)
     if as_json:
-        emit_json({"models": [_ref_json(r, store) for r in refs]})
+        emit_json({"models": [_ref_json(r, store, states[r.handle]) for r in refs]})
         return
-    rows = [[r.handle, r.manifest[:12], format_size(r.size), str(len(r.aliases))]
+    rows = [[r.handle, r.manifest[:12], format_size(r.size), str(len(r.aliases)), states[r.handle].code]
             for r in refs]
-    click.echo(table(rows, ["HANDLE", "DIGEST", "SIZE", "ALIASES"]))
+    click.echo(table(rows, ["HANDLE", "DIGEST", "SIZE", "ALIASES", "STATE"]))
+    for r in refs:
+        if not states[r.handle].ok:
+            click.echo(f"{r.handle}: {states[r.handle].fix}")
 
 
 @command()
@@ -108,16 +117,20 @@ def ls_cmd(c: Ctx, store: Store, as_json: bool) -> None:
 def info(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
     """Show one model's ref, provenance and aliases."""
     ref = RefIndex(store).require(handle)
-    doc = _ref_json(ref, store)
+    state = states_of(store, [ref])[ref.handle]
+    doc = _ref_json(ref, store, state)
     if as_json:
         emit_json(doc)
         return
+    doc["path"] = doc["path"] or "- (no snapshot)"
     doc["fetched_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ref.fetched_at))
     doc["size"] = format_size(ref.size)
     doc["archive_size"] = format_size(ref.archive_size) if ref.archive_size is not None else None
-    for key in ("handle", "manifest", "path", "size", "files", "source", "asked", "url",
+    for key in ("handle", "state", "manifest", "path", "size", "files", "source", "asked", "url",
                 "fetched_at", "etag", "x_goog_hash", "archive_size"):
         click.echo(f"{key + ':':14}{doc[key]}")
+    if not state.ok:
+        click.echo(f"{'fix:':14}{state.fix}")
     click.echo("aliases:")
     for alias in ref.aliases:
         click.echo(f"  {alias}")

@@ -7,6 +7,7 @@ remove_plan.py  ``rm``: pure planning of removing named models (a prune plan of 
 remove_exec.py  ``rm``: carrying out such a plan (its pins, then prune_exec)
 pins.py         pin, unpin, pin states and the upstream check
 du.py           per-model disk use, from a scan
+model_state.py  a model's state (ok, out_of_service, ...) and its fix, for ls, info and du
 nodes_report.py ``nodes``: the nodes seen in a shared store, their leases and uses (pure)
 problems.py     what verify finds: typed problem kinds, the report, the outcome (pure data)
 verify.py       checking every byte: a report, without changing the store

@@ -3,7 +3,8 @@
 - size: bytes of the model's distinct blobs (what it occupies, deduplicated within itself);
 - unique: bytes of blobs no other model references (what evicting it alone would free);
 - shared: size - unique (blobs another model also references);
-- last use: newest use over every alias and host; pinned: who pinned it (unexpired pins).
+- last use: newest use over every alias and host; pinned: who pinned it (unexpired pins);
+- state: ``ok``, ``out_of_service``, ... with its fix (``model_state.classify``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cachemgr.lifecycle.model_state import classify
 from cachemgr.lifecycle.scan import StoreScan
 
 
@@ -25,6 +27,8 @@ class ModelUsage:
     last_use: float | None
     pinned: str | None
     present: bool  # manifest readable and every blob present
+    state: str = "ok"
+    fix: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,11 @@ def disk_usage(scan: StoreScan, now: float) -> DuReport:
         size = sum(sizes.get(sha, 0) for sha, _ in blobs)
         unique = sum(sizes.get(sha, 0) for sha, _ in blobs if users[sha] == 1)
         present = rec is not None and rec.readable and all(sha in sizes for sha, _ in blobs)
+        state = classify(m.handle, manifest=rec is not None, readable=rec is not None and rec.readable,
+                         snapshot=m.manifest in scan.snapshots,
+                         missing_blobs=sum(1 for sha, _ in blobs if sha not in scan.blobs))
         out.append(ModelUsage(m.handle, m.manifest, size, unique, size - unique, m.last_use,
-                              pinned.get(m.handle), present))
+                              pinned.get(m.handle), present, state.code, state.fix))
     total = sum(sizes.values())
     leftover = sum(size for sha, size in sizes.items() if sha not in used)
     return DuReport(tuple(out), total, len(sizes), leftover)
