@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachemgr.errors import BundleError, BundleFormatError, BundleIntegrityError, NotABundleError
-from cachemgr.store.manifest import Manifest, is_digest
+from cachemgr.store.manifest import Limits, Manifest, is_digest
 from cachemgr.store.refs import Ref
 
 FORMAT = 1
@@ -72,8 +72,12 @@ class BundleManifest:
         return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
 
     @staticmethod
-    def from_bytes(data: bytes, where: str) -> BundleManifest:
-        """Parse and check the manifest for internal consistency (digests, blob list, paths)."""
+    def from_bytes(data: bytes, where: str, limits: Limits | None = None) -> BundleManifest:
+        """Parse and check the manifest for internal consistency (digests, blob list, paths).
+
+        Every model manifest in it goes through the one manifest check (``parse_manifest``),
+        with ``limits``: the size and entry caps an archive of the same model would meet.
+        """
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError):
@@ -91,16 +95,16 @@ class BundleManifest:
             raise BundleFormatError(f"{where} has bundle format {version}, newer than this cachemgr "
                                     f"understands ({FORMAT}); upgrade cachemgr on this side")
         try:
-            return _parse(doc, where)
+            return _parse(doc, where, limits)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
             raise BundleError(f"{where}: bundle manifest is malformed ({type(exc).__name__}: {exc}); "
                               "export it again") from None
 
 
-def _parse(doc: dict[str, Any], where: str) -> BundleManifest:
+def _parse(doc: dict[str, Any], where: str, limits: Limits | None) -> BundleManifest:
     manifests: dict[str, Manifest] = {}
     for digest, mdoc in doc["manifests"].items():
-        manifest = Manifest.from_bytes(json.dumps(mdoc).encode(), f"{where}: manifest {digest}")
+        manifest = Manifest.from_bytes(json.dumps(mdoc).encode(), f"{where}: manifest {digest}", limits)
         if manifest.digest != digest:
             raise BundleIntegrityError(f"{where}: model manifest {digest} does not match its digest "
                                        f"(it hashes to {manifest.digest}); the bundle was tampered with")

@@ -53,7 +53,9 @@ from cachemgr.errors import (
 )
 from cachemgr.ingest.publish import relink
 from cachemgr.progress import Bar
+from cachemgr.settings import Settings
 from cachemgr.store.fs import disk_error, remove_quietly
+from cachemgr.store.manifest import Limits
 from cachemgr.store.objects import Store
 from cachemgr.store.pins import Pin, find_pin, write_pin
 from cachemgr.store.refs import RefIndex
@@ -171,7 +173,9 @@ def check_signature(body: bytes, signature: bytes | None, trusted: tuple[str, ..
 
 
 def import_bundle(store: Store, paths: list[Path], trusted: tuple[str, ...] = (),
-                  bar: Bar | None = None, dry_run: bool = False) -> ImportResult:
+                  bar: Bar | None = None, dry_run: bool = False, limits: Limits | None = None) -> ImportResult:
+    """Import the bundle at ``paths``; its model manifests must meet ``limits`` (default: the default caps)."""
+    limits = limits or Limits.of(Settings())
     segments, where = collect_segments(paths)
     total = sum(s.length for s in segments)
     main = parse_trailer(read_tail(segments, TRAILER_SIZE)) if total >= TRAILER_SIZE else None
@@ -179,13 +183,14 @@ def import_bundle(store: Store, paths: list[Path], trusted: tuple[str, ...] = ()
     source = PayloadReader(segments, total - TRAILER_SIZE if whole else total)
     inflater = _Inflater(source, where)
     try:
-        return _run(store, inflater, source, segments, where, whole, trusted, bar, dry_run)
+        return _run(store, inflater, source, segments, where, whole, trusted, bar, dry_run, limits)
     finally:
         inflater.close()
 
 
 def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: list[Segment], where: str,
-         whole: bool, trusted: tuple[str, ...], bar: Bar | None, dry_run: bool = False) -> ImportResult:
+         whole: bool, trusted: tuple[str, ...], bar: Bar | None, dry_run: bool = False,
+         limits: Limits | None = None) -> ImportResult:
     tar = TarReader(inflater.read, where)
     try:
         first = tar.next()
@@ -199,7 +204,7 @@ def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: lis
         raise NotABundleError(f"{where} is not a cachemgr bundle (it does not start with {MANIFEST_MEMBER}); "
                               "give a file written by cachemgr export")
     body = tar.read_member(first, MAX_MANIFEST_BYTES)
-    bundle = BundleManifest.from_bytes(body, where)
+    bundle = BundleManifest.from_bytes(body, where, limits)  # the caps, before any blob streams
     if not whole:
         raise TruncatedBundleError(f"{where} is truncated or incomplete (its end marker is missing or wrong); "
                                    "copy the whole file again")
