@@ -120,13 +120,26 @@ def test_only_one_node_prunes_a_store_at_a_time(cli: Cli, archives: Archives, ho
     r = cli("prune", "--unused-for", "0s", "--grace", "0s")
     assert r.code == 10
     assert r.err.strip().splitlines()[-1].startswith("cachemgr: error: node node-z (pid 1")
-    assert "is already running prune" in r.err
+    assert "is running prune" in r.err
     assert cli("prune", "--dry-run", "--unused-for", "0s", "--grace", "0s").code == 0  # a dry run takes no lease
     _lease_record(home, "prune", "node-z", time.time() - 120)  # not renewed for longer than lease_timeout
     r = cli("prune", "--unused-for", "0s", "--grace", "0s", "--json")
     assert r.code == 0, r.err
     assert [e["handle"] for e in json.loads(r.out)["plan"]["evict"]] == [TFHUB]
     assert not (home / "leases" / "prune.lease").exists()
+
+
+def test_rm_waits_its_turn_like_prune(cli: Cli, archives: Archives, home: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m.tar.gz"
+    model.write_bytes(archives.mymul)
+    assert cli("add", TFHUB, str(model)).code == 0
+    _lease_record(home, "prune", "node-z", time.time())
+    r = cli("rm", TFHUB)
+    assert r.code == 10 and "node node-z (pid 1" in r.err and "is running prune" in r.err
+    assert cli("path", TFHUB).code == 0  # nothing was removed
+    (home / "leases" / "prune.lease").unlink()
+    assert cli("rm", TFHUB).code == 0
+    assert cli("path", TFHUB).code == 5
 
 
 def test_prune_keeps_what_another_node_uses_until_that_node_is_silent(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from cachemgr.cluster.exclusive import exclusive
 from cachemgr.lifecycle.prune_exec import PruneResult, execute_prune
 from cachemgr.lifecycle.remove_plan import RemovePlan
+from cachemgr.settings import Settings
 from cachemgr.store.fs import disk_error
 from cachemgr.store.objects import Store
 from cachemgr.store.pins import pin_path
@@ -24,3 +26,10 @@ def execute_remove(store: Store, plan: RemovePlan) -> PruneResult:
         except OSError as exc:
             raise disk_error(exc, pin_path(store, pin.handle)) from None
     return execute_prune(store, plan.prune)
+
+
+def run_remove(settings: Settings, store: Store, plan: RemovePlan) -> PruneResult:
+    """``execute_remove`` under the store's prune lease: rm and prune never run at once on a
+    shared store (StoreBusyError names the node that holds it)."""
+    with exclusive(settings, "prune", "rm"):
+        return execute_remove(store, plan)
