@@ -3,6 +3,8 @@
 http.py      HTTP the way tensorflow_hub fetches (redirects by hand, retries, resume, md5)
 lowspeed.py  curl's low-speed rule: a transfer under low_speed_limit for low_speed_time is a stall
 probe.py     cheap HEAD probes along the redirect chain (ETag / x-goog-hash)
-upstream.py  other cachemgr daemons as sources: their refs, manifests and blobs, checked
+upstream.py  other cachemgr daemons as sources (directly or through an HTTP proxy such as Squid):
+             their refs, manifests and blobs, checked; fetch_from_one dispatches by URL scheme
+upstream_groups.py  which upstream next: groups, random within one, failover, back-off (pure)
 pull.py      ``pull`` and ``add``: the orchestration, and opening the store from settings
 """

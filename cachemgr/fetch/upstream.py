@@ -3,8 +3,14 @@
 An upstream is outside this process's trust: its ref answer passes :func:`parse_upstream_ref`,
 its manifest passes the same checks as an archive (``manifest.parse_manifest``) before
 anything is written, and each blob this store lacks is read no further than the size the
-manifest gives it and verified against its sha256 before it is adopted. A dead upstream
-is skipped after a short connect timeout.
+manifest gives it and verified against its sha256 before it is adopted, whatever path it
+took. Through an HTTP proxy (a group's ``proxy``, else ``Settings.proxy``: CACHEMGR_PROXY or
+HTTP_PROXY), a blob or manifest that arrives corrupt is asked for once more with
+``Cache-Control: no-cache`` (as CVMFS does), so that the cache fetches it again.
+
+Upstreams are groups, tried in the order :mod:`cachemgr.fetch.upstream_groups` plans (random
+within a group, failover to the next, dead ones skipped for a back-off); a dead upstream costs
+at most a short connect timeout. :func:`fetch_from_one` is the one dispatch by URL scheme.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +27,11 @@ from typing import Any
 import aiohttp
 
 from cachemgr.errors import CachemgrError, IntegrityError, UnsafeManifestError
+from cachemgr.fetch.upstream_groups import Attempt, Failover
 from cachemgr.handles import Handle
 from cachemgr.ingest.publish import record_model
 from cachemgr.ingest.unpack import IngestResult
+from cachemgr.oci.pull import pull_from_registry
 from cachemgr.settings import Settings
 from cachemgr.store.fs import remove_quietly
 from cachemgr.store.manifest import Limits, Manifest, is_digest, parse_manifest
@@ -31,11 +40,14 @@ from cachemgr.store.refs import Ref
 
 log = logging.getLogger("cachemgr.fetch.upstream")
 UPSTREAM_CONNECT_TIMEOUT = 2.0
+# Sent when an answer arrived corrupt and is asked for again: a cache on the way fetches anew.
+NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
+_TIMEOUT = aiohttp.ClientTimeout(sock_connect=UPSTREAM_CONNECT_TIMEOUT, sock_read=60)
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(sock_connect=UPSTREAM_CONNECT_TIMEOUT,
-                                                               sock_read=60)) as resp:
+async def _get_json(session: aiohttp.ClientSession, url: str, proxy: str | None) -> dict[str, Any] | None:
+    async with session.get(url, proxy=proxy, timeout=aiohttp.ClientTimeout(sock_connect=UPSTREAM_CONNECT_TIMEOUT,
+                                                                           sock_read=60)) as resp:
         if resp.status == 404:
             return None
         resp.raise_for_status()
@@ -81,8 +93,21 @@ def parse_upstream_ref(doc: Any, base: str) -> UpstreamRef:
     return UpstreamRef(str(digest), url, tuple(aliases), optional["etag"], optional["x_goog_hash"], size)
 
 
-async def _fetch_blob(session: aiohttp.ClientSession, store: Store, base: str, digest: str, size: int) -> None:
+async def _fetch_blob_checked(session: aiohttp.ClientSession, store: Store, up: Attempt, digest: str,
+                              size: int) -> None:
+    """One blob, verified; a corrupt arrival is asked for once more with ``no-cache``."""
+    try:
+        await _fetch_blob(session, store, up, digest, size, {})
+    except IntegrityError as exc:
+        log.warning("upstream %s: blob %s arrived corrupt (%s); asking again with Cache-Control: no-cache",
+                    up.describe(), digest, exc)
+        await _fetch_blob(session, store, up, digest, size, NO_CACHE)
+
+
+async def _fetch_blob(session: aiohttp.ClientSession, store: Store, up: Attempt, digest: str, size: int,
+                      headers: dict[str, str]) -> None:
     """Fetch one blob of ``size`` bytes (the manifest's word); more or fewer bytes are refused."""
+    base = up.url
     staging = store.new_temp("upblob")
     try:
         target = staging / "blob"
@@ -90,7 +115,8 @@ async def _fetch_blob(session: aiohttp.ClientSession, store: Store, base: str, d
         got = 0
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            async with session.get(f"{base}/v1/blobs/{digest}") as resp:
+            async with session.get(f"{base}/v1/blobs/{digest}", proxy=up.proxy, headers=headers,
+                                   timeout=_TIMEOUT) as resp:
                 resp.raise_for_status()
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     got += len(chunk)
@@ -112,23 +138,24 @@ async def _fetch_blob(session: aiohttp.ClientSession, store: Store, base: str, d
 
 
 async def fetch_from_upstream(
-    settings: Settings, store: Store, session: aiohttp.ClientSession, base: str, handle: Handle
+    settings: Settings, store: Store, session: aiohttp.ClientSession, up: Attempt, handle: Handle
 ) -> Ref | None:
-    """Copy ``handle`` from the daemon at ``base``; None if it does not have it."""
+    """Copy ``handle`` from the daemon at ``up.url`` (through ``up.proxy``); None if it does not have it."""
+    base = up.url
     query = urllib.parse.urlencode({"handle": handle.asked})
-    ref_doc = await _get_json(session, f"{base}/v1/refs?{query}")
+    ref_doc = await _get_json(session, f"{base}/v1/refs?{query}", up.proxy)
     if ref_doc is None:
         return None
     upstream_ref = parse_upstream_ref(ref_doc, base)
     digest = upstream_ref.manifest
-    manifest = await _fetch_manifest(session, base, digest, Limits.of(settings))
+    manifest = await _fetch_manifest(session, up, digest, Limits.of(settings))
     sizes = {f.sha256: f.size for f in manifest.files}
     missing = sorted(d for d in sizes if not store.has_blob(d))
     sem = asyncio.Semaphore(4)
 
     async def one(d: str) -> None:
         async with sem:
-            await _fetch_blob(session, store, base, d, sizes[d])
+            await _fetch_blob_checked(session, store, up, d, sizes[d])
 
     await asyncio.gather(*(one(d) for d in missing))
     store.write_manifest(manifest)
@@ -140,34 +167,75 @@ async def fetch_from_upstream(
                         x_goog_hash=upstream_ref.x_goog_hash, archive_size=upstream_ref.archive_size)
 
 
-async def _fetch_manifest(session: aiohttp.ClientSession, base: str, digest: str, limits: Limits) -> Manifest:
-    """The manifest ``digest`` from ``base``, checked like an archive before anything is written."""
+async def _fetch_manifest(session: aiohttp.ClientSession, up: Attempt, digest: str, limits: Limits) -> Manifest:
+    """The manifest ``digest`` from ``up``, checked like an archive before anything is written
+    (a corrupt arrival is asked for once more with ``no-cache``)."""
+    base = up.url
     cap = 64 * 1024 + 256 * limits.max_entries  # generous for max_entries rows; an endless answer is cut
-    data = bytearray()
-    async with session.get(f"{base}/v1/manifests/{digest}") as resp:
-        resp.raise_for_status()
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            data += chunk
-            if len(data) > cap:
-                raise UnsafeManifestError(f"upstream {base}: manifest {digest} is larger than {cap} bytes; refused")
-    if hashlib.sha256(data).hexdigest() != digest:
+    for headers in ({}, NO_CACHE):
+        data = bytearray()
+        async with session.get(f"{base}/v1/manifests/{digest}", proxy=up.proxy, headers=headers,
+                               timeout=_TIMEOUT) as resp:
+            resp.raise_for_status()
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                data += chunk
+                if len(data) > cap:
+                    raise UnsafeManifestError(f"upstream {base}: manifest {digest} is larger than {cap} bytes; "
+                                              "refused")
+        if hashlib.sha256(data).hexdigest() == digest:
+            break
+        if not headers:
+            log.warning("upstream %s: manifest %s arrived corrupt; asking again with Cache-Control: no-cache",
+                        up.describe(), digest)
+    else:
         raise IntegrityError(f"upstream {base}: manifest {digest} does not match its digest")
     return parse_manifest(bytes(data), f"upstream {base} manifest {digest}", digest=digest, limits=limits)
 
 
-async def fetch_from_upstreams(
-    settings: Settings, store: Store, session: aiohttp.ClientSession, handle: Handle
+async def fetch_from_one(
+    settings: Settings, store: Store, session: aiohttp.ClientSession, up: Attempt, handle: Handle
 ) -> Ref | None:
-    """Try each upstream in order; the first that has the model wins."""
-    for base in settings.upstream_urls:
+    """Copy ``handle`` from one upstream, by its URL's scheme; None if it does not have it.
+
+    The one dispatch: ``http(s)://`` is another cachemgr daemon; ``oci://HOST[:PORT]/PREFIX`` is an
+    OCI registry holding the models ``cachemgr push`` put there (``oci.pull.pull_from_registry``).
+    """
+    if up.url.startswith(("http://", "https://")):
+        return await fetch_from_upstream(settings, store, session, up, handle)
+    if up.url.startswith("oci://"):  # a registry of ModelPack artifacts (cachemgr/oci/pull.py)
+        got = await pull_from_registry(settings, store, session, up.url, handle.asked)
+        return got.ref if got is not None else None
+    log.debug("upstream %s: no fetcher for this scheme yet; passed over for %s", up.describe(), handle.asked)
+    return None
+
+
+_DEAD = (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, CachemgrError)
+
+
+async def fetch_from_upstreams(
+    settings: Settings, store: Store, session: aiohttp.ClientSession, handle: Handle,
+    failover: Failover | None = None,
+) -> Ref | None:
+    """Try the upstreams in ``failover``'s plan (random within a group, then the next group,
+    dead ones skipped); the first that has the model wins. ``failover`` is the process's memory
+    of dead upstreams (a fresh one when None). Blobs an upstream delivered before it failed
+    stay, so the next one sends only the rest."""
+    failover = failover if failover is not None else Failover()
+    plan = failover.plan(settings.upstreams, settings.proxy, time.monotonic())
+    log.info("upstreams for %s: %s", handle.asked, ", ".join(a.describe() for a in plan))
+    for up in plan:
+        log.info("trying upstream %s for %s", up.describe(), handle.asked)
         try:
-            ref = await fetch_from_upstream(settings, store, session, base, handle)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
-            log.warning("upstream %s skipped for %s: %s", base, handle.asked, exc)
+            ref = await fetch_from_one(settings, store, session, up, handle)
+        except _DEAD as exc:
+            backoff = failover.failed(up.url, time.monotonic())
+            log.warning("upstream %s failed for %s: %s; skipped for %.0f s; it was %s, trying the next",
+                        up.url, handle.asked, str(exc) or type(exc).__name__, backoff, up.describe())
             continue
-        except CachemgrError as exc:
-            log.warning("upstream %s failed for %s: %s", base, handle.asked, exc)
-            continue
+        if failover.succeeded(up.url):
+            log.info("upstream %s is back", up.describe())
         if ref is not None:
+            log.info("upstream %s had %s", up.describe(), handle.asked)
             return ref
+        log.info("upstream %s does not have %s", up.describe(), handle.asked)
     return None

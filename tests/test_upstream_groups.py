@@ -1,0 +1,73 @@
+"""Upstream groups with failover (issue 12): the pure plan of which upstream to try, in which order."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from cachemgr.fetch.upstream_groups import FIRST_BACKOFF, MAX_BACKOFF, Attempt, Failover
+from cachemgr.settings import UpstreamGroup, load_settings
+
+A, B, C, D = (f"http://{h}:8470" for h in "abcd")
+SQUID = "http://squid:3128"
+
+
+def urls(plan: list[Attempt]) -> list[str]:
+    return [a.url for a in plan]
+
+
+def groups_from_env(spec: str) -> tuple[UpstreamGroup, ...]:
+    return load_settings({"CACHEMGR_UPSTREAMS": spec, "HOME": "/nonexistent"}).upstreams
+
+
+def test_groups_in_order_members_at_random() -> None:
+    groups = groups_from_env(f"{A}|{B};{C}|{D}")
+    seen = set()
+    for seed in range(40):
+        plan = urls(Failover(random.Random(seed)).plan(groups, None, 0.0))
+        assert set(plan[:2]) == {A, B} and set(plan[2:]) == {C, D}, plan
+        seen.add(tuple(plan))
+    assert len(seen) == 4, f"every order within the groups should occur over 40 seeds, saw {seen}"
+    # Seeded: the same order again.
+    assert Failover(random.Random(7)).plan(groups, None, 0.0) == Failover(random.Random(7)).plan(groups, None, 0.0)
+
+
+def test_a_group_s_proxy_wins_over_the_default() -> None:
+    groups = (UpstreamGroup((A,), proxy=SQUID), UpstreamGroup((B,)))
+    plan = Failover(random.Random(1)).plan(groups, "http://default:3128", 0.0)
+    assert plan == [Attempt(A, SQUID, 0), Attempt(B, "http://default:3128", 1)]
+    assert [a.proxy for a in Failover().plan(groups, None, 0.0)] == [SQUID, None]
+    assert "through http://squid:3128" in plan[0].describe() and "group 1" in plan[0].describe()
+
+
+def test_a_dead_upstream_is_skipped_for_a_doubling_backoff_then_tried_again() -> None:
+    groups = groups_from_env(f"{A}|{B};{C}")
+    failover = Failover(random.Random(3))
+    assert failover.failed(A, 100.0) == FIRST_BACKOFF
+    assert urls(failover.plan(groups, None, 100.0)) == [B, C]
+    assert urls(failover.plan(groups, None, 100.0 + FIRST_BACKOFF - 0.1)) == [B, C]
+    assert A in urls(failover.plan(groups, None, 100.0 + FIRST_BACKOFF))  # retried later
+    assert failover.failed(A, 200.0) == 2 * FIRST_BACKOFF  # a second failure in a row: twice as long
+    assert all(failover.failed(A, 300.0) <= MAX_BACKOFF for _ in range(50))
+    assert failover.failed(A, 300.0) == MAX_BACKOFF
+    assert failover.succeeded(A) and not failover.succeeded(A)  # back, and its failures forgotten
+    assert failover.failed(A, 400.0) == FIRST_BACKOFF
+
+
+def test_when_every_upstream_is_dead_all_are_tried_in_group_order() -> None:
+    groups = groups_from_env(f"{A};{B}|{C}")
+    failover = Failover(random.Random(5))
+    for url in (A, B, C):
+        failover.failed(url, 0.0)
+    plan = urls(failover.plan(groups, None, 1.0))
+    assert plan[0] == A and set(plan[1:]) == {B, C}
+    failover.succeeded(C)
+    assert urls(failover.plan(groups, None, 1.0)) == [C]
+
+
+def test_toml_groups_and_plain_lists_plan_alike(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'upstreams = [["{A}", "{B}"], {{urls = ["{C}"], proxy = "{SQUID}"}}]\n')
+    settings = load_settings({"HOME": "/nonexistent"}, config)
+    plan = Failover(random.Random(0)).plan(settings.upstreams, settings.proxy, 0.0)
+    assert set(urls(plan[:2])) == {A, B} and plan[2] == Attempt(C, SQUID, 1)
