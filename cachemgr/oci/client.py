@@ -32,7 +32,7 @@ from cachemgr.errors import IntegrityError, RegistryAuthError, RegistryError
 from cachemgr.oci.auth import Auth
 from cachemgr.settings import Settings
 
-CHUNK = 16 << 20
+CHUNK = 64 << 20
 READ = 1 << 20
 _LOCAL = ("localhost", "127.0.0.1", "::1", "[::1]")
 Sink = Callable[[bytes], Awaitable[None]]
