@@ -12,7 +12,10 @@ TFHUB = "https://tfhub.dev/google/mymul/1"
 
 
 def test_ls_info_path_json(cli: Cli, home: Path) -> None:
-    assert json.loads(cli("ls", "--json").out) == {"models": []}
+    # Nothing pulled yet: the home is not a store, which ls says rather than listing nothing
+    # (an empty store lists nothing: test_cli_home.py).
+    r = cli("ls", "--json")
+    assert r.code == 2 and json.loads(r.out)["error"]["type"] == "no_store"
     assert cli("pull", TFHUB, "https://tfhub.dev/google/text-embed/1").code == 0
     models = json.loads(cli("ls", "--json").out)["models"]
     assert [m["handle"] for m in models] == sorted([TFHUB, "https://tfhub.dev/google/text-embed/1"])
@@ -34,6 +37,7 @@ def test_ls_info_path_json(cli: Cli, home: Path) -> None:
 
 
 def test_missing_model_exits_5(cli: Cli) -> None:
+    assert cli("pull", TFHUB).code == 0  # a store, without the model asked for
     r = cli("path", "https://tfhub.dev/google/absent/1")
     assert r.code == 5 and "cachemgr pull https://tfhub.dev/google/absent/1" in r.err
     r = cli("info", "https://tfhub.dev/google/absent/1", "--json")
@@ -45,10 +49,11 @@ def test_bad_handle_exits_4(cli: Cli) -> None:
     assert r.code == 4 and "invalid handle" in r.err
 
 
-def test_env_is_evaluable(cli: Cli, home: Path) -> None:
-    lines = cli("env").out.splitlines()
-    assert lines[0] == f"export TFHUB_CACHE_DIR={shlex.quote(str(home / 'view'))}"
-    assert (home / "view").is_dir()
+def test_env_is_evaluable(cli: Cli, tmp_path: Path) -> None:
+    cache = tmp_path / "xdg cache"  # the default home, made on first use; quoted for the shell
+    lines = cli("env", env={"CACHEMGR_HOME": "", "XDG_CACHE_HOME": str(cache)}).out.splitlines()
+    assert lines[0] == f"export TFHUB_CACHE_DIR={shlex.quote(str(cache / 'cachemgr' / 'view'))}"
+    assert (cache / "cachemgr" / "view").is_dir()
 
 
 def test_newer_store_format_is_refused(cli: Cli, home: Path) -> None:

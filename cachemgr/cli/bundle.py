@@ -211,7 +211,7 @@ def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ..
 @command()
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the JSON.")
 @pass_ctx
-@with_store(missing_ok=True, clean=True)
+@with_store(clean=True)
 def inventory(c: Ctx, store: Store, output: Path) -> None:
     """List the manifests and blobs held here, for `export --have` on the connected side."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -16,6 +17,7 @@ from cachemgr.errors import NotCachedError, exit_code_for
 from cachemgr.fetch.pull import add_local, pull_handles
 from cachemgr.lifecycle.model_state import ModelState, states_of
 from cachemgr.progress import Bars
+from cachemgr.settings import default_home
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
 from cachemgr.store.usage import record_handle_use
@@ -78,9 +80,16 @@ def add(c: Ctx, store: Store, handle: str, path: Path, as_json: bool) -> None:
 @command()
 @click.option("--shell", type=click.Choice(["sh", "fish"]), default="sh")
 @pass_ctx
-@with_store(create=True)
+@with_store(missing_ok=True)
 def env(c: Ctx, store: Store, shell: str) -> None:
-    """Print shell lines that point tensorflow_hub at the store: eval "$(cachemgr env)"."""
+    """Print shell lines that point tensorflow_hub at the store: eval "$(cachemgr env)".
+
+    The default home is made on first use; any other --home / CACHEMGR_HOME must be a store.
+    """
+    if not store.exists():
+        if c.settings.home != default_home(os.environ):
+            store.check_format()  # NoStoreError: a typo'd --home is not silently made
+        store.create()
     view = str(store.view)
     if shell == "fish":
         click.echo(f"set -gx TFHUB_CACHE_DIR {shlex.quote(view)};")
@@ -93,10 +102,10 @@ def env(c: Ctx, store: Store, shell: str) -> None:
 @command(name="ls")
 @json_option
 @pass_ctx
-@with_store(missing_ok=True)
+@with_store()
 def ls_cmd(c: Ctx, store: Store, as_json: bool) -> None:
     """List stored models: handle, digest, size, aliases, state (and its fix)."""
-    refs = RefIndex(store).all() if store.exists() else []
+    refs = RefIndex(store).all()
     states = states_of(store, refs)
     if as_json:
         emit_json({"models": [_ref_json(r, store, states[r.handle]) for r in refs]})
@@ -113,7 +122,7 @@ def ls_cmd(c: Ctx, store: Store, as_json: bool) -> None:
 @click.argument("handle")
 @json_option
 @pass_ctx
-@with_store(missing_ok=True)
+@with_store()
 def info(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
     """Show one model's ref, provenance and aliases."""
     ref = RefIndex(store).require(handle)
@@ -140,7 +149,7 @@ def info(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
 @click.argument("handle")
 @json_option
 @pass_ctx
-@with_store(missing_ok=True)
+@with_store()
 def path(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
     """Print the snapshot directory of HANDLE (exit 5 if it is not stored)."""
     ref = RefIndex(store).require(handle)
