@@ -20,6 +20,7 @@ from tests.support.cli import Cli
 from tests.support.env import BASE_ENV
 from tests.support.origin import FakeOrigin
 from tests.support.registry import LocalRegistry
+from tests.support.token_server import TokenServer
 
 MYMUL = "https://tfhub.dev/google/mymul/1"
 
@@ -162,3 +163,20 @@ def test_hostile_layouts_are_refused_and_leave_nothing_visible(src: Cli, tmp_pat
     target.unlink()
     target.symlink_to("/etc/hostname")
     _refused(src, link, tmp_path, 9, "not a plain file")
+
+
+def test_bearer_token_flow_with_the_realm_on_another_host(src: Cli, tmp_path: Path) -> None:
+    with TokenServer(tmp_path, "alice", "s3cret") as tokens, \
+            LocalRegistry(tmp_path / "reg", user="alice", password="s3cret", auth_yaml=tokens.auth_yaml()) as reg:
+        r = src("push", MYMUL, "--to", reg.url("tok"))
+        assert r.code == 7 and "token server" in r.err and "refused anonymous access" in r.err, r.err
+        good = reg.auth_file(tmp_path / "config.json")
+        r = src("push", MYMUL, "--to", reg.url("tok"), "--json", env={"REGISTRY_AUTH_FILE": str(good)})
+        assert r.code == 0, r.err
+        asked = [x for x in tokens.requests if x["authorized"]]
+        assert asked and all(x["service"] == "cachemgr-registry" for x in asked)
+        assert any("repository:tok/google/mymul:pull,push" in x["scopes"] for x in asked), tokens.requests
+        fresh = Cli(tmp_path / "fresh", dict(src.env, REGISTRY_AUTH_FILE=str(good)))
+        r = fresh("pull", f"{reg.url('tok')}/google/mymul:1", "--json")
+        assert r.code == 0, r.err
+        assert json.loads(r.out)["results"][0]["canonical"] == MYMUL

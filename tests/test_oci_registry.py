@@ -135,6 +135,22 @@ def test_skopeo_copy_to_a_layout_then_import_then_offline_load(site: Site, tmp_p
     _offline_load(site, home)
 
 
+def test_pull_through_an_oci_upstream_with_the_origin_down(site: Site) -> None:
+    cli = site.fresh("via-upstream", CACHEMGR_UPSTREAMS=site.registry.url("site"))
+    site.origin.down = True
+    try:
+        r = cli("pull", MYMUL, TEXT1, "--json")
+    finally:
+        site.origin.down = False
+    assert r.code == 0, r.err
+    results = json.loads(r.out)["results"]
+    assert [x["status"] for x in results] == ["pulled", "pulled"]
+    assert all(x["manifest"] == json.loads(site.cli("info", x["handle"], "--json").out)["manifest"]
+               for x in results)
+    assert MYMUL_KAGGLE in results[0]["aliases"]
+    _offline_load(site, cli.home)
+
+
 def test_pull_an_artifact_reference_fetches_only_missing_blobs(site: Site) -> None:
     cli = site.fresh("by-reference")
     r = cli("pull", f"{site.registry.url('site')}/google/text-embed:1", "--json")

@@ -230,8 +230,9 @@ class RegistryClient:
         await self._finish(location, scopes, digest, path, size, size)
 
     async def _resume(self, repo: str, location: str, scopes: tuple[str, ...]) -> tuple[int, str]:
-        """Where a broken upload stands (``Range: 0-N``), or a fresh upload when it is lost."""
-        async with await self.send("GET", location, scopes, ok=(204, 404)) as resp:
+        """Where a broken upload stands (``Range: 0-N``), or a fresh upload when the registry lost it
+        or no longer trusts it (distribution answers 400 when the upload's state and size differ)."""
+        async with await self.send("GET", location, scopes, ok=(204, 400, 404, 416)) as resp:
             if resp.status == 204:
                 last = resp.headers.get("Range", "0-0").rpartition("-")[2]
                 if last.isdigit() and int(last) > 0:

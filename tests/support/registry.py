@@ -2,7 +2,8 @@
 
 ``LocalRegistry`` writes a config (filesystem storage under its own directory, access log on),
 starts ``docker-registry serve`` on a free port and waits until ``/v2/`` answers. With
-``user``/``password`` it is an htpasswd registry (bcrypt, by the Python ``bcrypt`` package).
+``user``/``password`` it is an htpasswd registry (bcrypt, by the Python ``bcrypt`` package);
+``auth_yaml`` gives another auth block (token_server.py's).
 Its access log tells which blobs were uploaded (``uploads``), and ``blob_file`` is where the
 registry keeps a blob on disk, for tampering with it.
 """
@@ -31,7 +32,8 @@ def free_port() -> int:
 
 
 class LocalRegistry:
-    def __init__(self, root: Path, user: str | None = None, password: str | None = None) -> None:
+    def __init__(self, root: Path, user: str | None = None, password: str | None = None,
+                 auth_yaml: str | None = None) -> None:
         assert shutil.which("docker-registry"), "docker-registry (Debian package docker-registry) is required"
         self.root = root
         self.user = user
@@ -41,10 +43,11 @@ class LocalRegistry:
         self.storage = root / "storage"
         self.log_path = root / "registry.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.auth_yaml = auth_yaml  # another auth block (e.g. a token server's)
 
     def _config(self) -> Path:
-        auth = ""
-        if self.user is not None:
+        auth = self.auth_yaml or ""
+        if self.user is not None and self.auth_yaml is None:
             import bcrypt  # the test extra (pyproject); htpasswd entries must be bcrypt
 
             assert self.password is not None
