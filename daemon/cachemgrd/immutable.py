@@ -4,6 +4,7 @@ Such an answer never changes, so it says so: ``Cache-Control: public, max-age=31
 immutable`` (RFC 8246: no revalidation while fresh; ``public``: a shared cache such as Squid
 may store it), ``ETag: "<sha256>"`` (``If-None-Match`` gives 304) and ``Accept-Ranges: bytes``
 (one ``Range`` gives 206, an unsatisfiable or malformed one 416). HEAD gives the headers only.
+Each body sent is logged (``sent /v1/blobs/<d>: N of SIZE bytes from START``).
 
 The file is opened without following any link (``open_no_follow``) and read from that
 descriptor, each step in a thread: the event loop makes no filesystem call, and a link planted
@@ -14,6 +15,7 @@ in a shared store is never served. aiohttp's ``FileResponse`` would reopen the p
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from pathlib import Path
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from cachemgr.store.fs import open_no_follow
 
+log = logging.getLogger("cachemgrd")
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT_LIVED = "max-age=60"  # refs and resolve answers change (CVMFS gives its manifests minutes)
 CHUNK = 1 << 20
@@ -112,5 +115,7 @@ async def _answer(request: web.Request, fd: int, size: int, digest: str,
                 break  # the file shrank under us: the client sees a short body and retries
             await resp.write(chunk)
             offset += len(chunk)
+        # One line per body sent (a site counts what its nodes, or their Squid, took from it).
+        log.info("sent %s: %d of %d bytes from %d", request.path, offset - start, size, start)
     await resp.write_eof()
     return resp
