@@ -19,7 +19,7 @@ class _Silent:
 
 
 class _Tqdm:
-    def __init__(self, label: str, position: int) -> None:
+    def __init__(self, label: str, position: int, unit: str) -> None:
         import shutil
 
         from tqdm import tqdm
@@ -27,7 +27,7 @@ class _Tqdm:
         # A pty with no size (CI logs, `script`) reports 0x0, which hides tqdm's bars: use 100x24.
         size = shutil.get_terminal_size((100, 24))
         self._bar: Any = tqdm(
-            desc=label[-48:], unit="B", unit_scale=True, unit_divisor=1024,
+            desc=label[-48:], unit=unit, unit_scale=unit == "B", unit_divisor=1024,
             position=position, leave=True, ncols=size.columns or 100, nrows=size.lines or 24,
         )
 
@@ -47,8 +47,9 @@ class Bars:
         self.enabled = enabled
         self._next = 0
 
-    def new(self, label: str) -> Bar:
+    def new(self, label: str, unit: str = "B") -> Bar:
+        """A bar counting bytes (``B``, shown in KiB/MiB) or other things (``model``, ``item``)."""
         if not self.enabled:
             return _Silent()
         self._next += 1
-        return _Tqdm(label, self._next - 1)
+        return _Tqdm(label, self._next - 1, unit)

@@ -11,6 +11,7 @@ import click
 from cachemgr.cli.output import emit_json, table
 from cachemgr.cli.util import DURATION, SIZE, Ctx, command, json_option, pass_ctx, with_store
 from cachemgr.errors import ChecksFailedError, exit_code_for
+from cachemgr.progress import Bars
 from cachemgr.store.objects import Store
 from cachemgr.units import format_age, format_size, plural
 
@@ -119,7 +120,11 @@ def prune(c: Ctx, store: Store, max_size: int | None, unused_for: float | None, 
 
     policy = PrunePolicy.from_settings(c.settings, max_size=max_size, unused_for=unused_for,
                                        keep_versions=keep_versions, min_free=min_free, grace=grace)
-    plan, result = run_prune(c.settings, store, policy, dry_run=dry_run)
+    bar = Bars(sys.stderr.isatty() and not as_json and not dry_run).new("prune", unit="item")
+    try:
+        plan, result = run_prune(c.settings, store, policy, dry_run=dry_run, bar=bar)
+    finally:
+        bar.close()
     if as_json:
         doc = {"dry_run": dry_run, "plan": plan.to_json()}
         if result is not None:
@@ -164,7 +169,7 @@ def verify(c: Ctx, store: Store, handles: tuple[str, ...], deep: bool, repair: b
 
     options = VerifyOptions(
         handles=tuple(handles), deep=deep, repair=repair or bundle is not None, bundle=bundle,
-        max_duration=max_duration,
+        max_duration=max_duration, bars=Bars(sys.stderr.isatty() and not as_json),
     )
     report = run_verify(c.settings, store, options)
     if as_json:

@@ -11,6 +11,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +46,31 @@ def _is_tf1_module(path: Path) -> bool:
     return (path / "tfhub_module.pb").exists() and not (path / "saved_model.pb").exists()
 
 
-def load_models(paths: list[Path], timeout: float = 1800.0) -> dict[str, LoadResult]:
-    """Load every SavedModel in ``paths`` in a child process; result per path string."""
+def _run_loader(todo: list[str], env: dict[str, str], timeout: float,
+                on_line: Callable[[str], None]) -> tuple[int, str]:
+    """Run the loader on ``todo``, handing each stdout line to ``on_line`` as it comes; (exit code, stderr)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _LOADER, *todo], stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=env)
+        killer = threading.Timer(timeout, proc.kill)  # a hung load ends like a crashed one
+        killer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                on_line(line.rstrip("\n"))
+            code = proc.wait()
+        finally:
+            killer.cancel()
+        err.seek(0)
+        return code, err.read()
+
+
+def load_models(paths: list[Path], timeout: float = 1800.0,
+                on_result: Callable[[int], None] | None = None) -> dict[str, LoadResult]:
+    """Load every SavedModel in ``paths`` in a child process; result per path string.
+
+    ``on_result(n)`` is called each time a result is in (n of ``len(paths)``): for a progress bar.
+    """
     results: dict[str, LoadResult] = {}
     todo: list[str] = []
     for p in paths:
@@ -55,10 +81,10 @@ def load_models(paths: list[Path], timeout: float = 1800.0) -> dict[str, LoadRes
             todo.append(str(p))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
     while todo:
-        proc = subprocess.run([sys.executable, "-c", _LOADER, *todo], capture_output=True, text=True,
-                              timeout=timeout, env=env)
         current: str | None = None
-        for line in proc.stdout.splitlines():
+
+        def on_line(line: str) -> None:
+            nonlocal current
             if line.startswith("BEGIN "):
                 current = json.loads(line[6:])
             elif line.startswith("RESULT "):
@@ -66,11 +92,15 @@ def load_models(paths: list[Path], timeout: float = 1800.0) -> dict[str, LoadRes
                 results[doc["path"]] = LoadResult(doc["path"], bool(doc["ok"]), tuple(doc.get("signatures", ())),
                                                   str(doc.get("error", "")))
                 current = None
+                if on_result is not None:
+                    on_result(len(results))
+
+        returncode, stderr = _run_loader(todo, env, timeout, on_line)
         if current is not None:  # the child died while loading ``current``
-            tail = " ".join(proc.stderr.split()[-30:])[:300]
-            results[current] = LoadResult(current, False, (), f"the loader crashed (exit {proc.returncode}): {tail}")
+            tail = " ".join(stderr.split()[-30:])[:300]
+            results[current] = LoadResult(current, False, (), f"the loader crashed (exit {returncode}): {tail}")
         elif not any(item in results for item in todo):  # died before starting (no TensorFlow?)
-            tail = " ".join(proc.stderr.split()[-30:])[:300]
+            tail = " ".join(stderr.split()[-30:])[:300]
             for item in todo:
                 results[item] = LoadResult(item, False, (), f"cannot run tf.saved_model.load: {tail}")
         todo = [item for item in todo if item not in results]

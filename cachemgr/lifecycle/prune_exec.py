@@ -25,6 +25,7 @@ from cachemgr.cluster.nodes import announce
 from cachemgr.errors import StoreBusyError
 from cachemgr.lifecycle.prune_plan import Eviction, PrunePlan, PrunePolicy, plan_prune
 from cachemgr.lifecycle.scan import scan, scan_models
+from cachemgr.progress import Bar
 from cachemgr.settings import Settings
 from cachemgr.store.fs import remove_quietly
 from cachemgr.store.objects import Store
@@ -200,12 +201,24 @@ def _restore_needed(store: Store, trash: Path, plan: PrunePlan, result: PruneRes
             store.materialize(manifest)
 
 
-def execute_prune(store: Store, plan: PrunePlan) -> PruneResult:
-    """Carry out ``plan`` on ``store``; returns what was removed and the bytes freed."""
+def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> PruneResult:
+    """Carry out ``plan`` on ``store``; returns what was removed and the bytes freed.
+
+    ``bar`` (a progress bar on a TTY) counts the plan's items: models, snapshots, manifests,
+    blobs and temps, whether each was removed or skipped.
+    """
     result = PruneResult()
     taken_at = plan.taken_at
     if plan.is_empty():
         return result
+    total = len(plan.evict) + len(plan.snapshots) + len(plan.manifests) + len(plan.blobs) + len(plan.temps)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if bar is not None:
+            bar.update_to(done, total)
     trash = store.new_temp("prune")
     try:
         (trash / "refs").mkdir()
@@ -214,6 +227,7 @@ def execute_prune(store: Store, plan: PrunePlan) -> PruneResult:
             if _drop_model(store, ev, taken_at, trash, result):
                 result.evicted.append(ev.handle)
                 dropped.update(ev.aliases)
+            tick()
         _drop_uses(store, dropped)
         # What refs (and pins) hold right now: a concurrent pull may have revived content.
         models, _bad = scan_models(store, uses={})
@@ -234,17 +248,23 @@ def execute_prune(store: Store, plan: PrunePlan) -> PruneResult:
             if digest not in live and _trash(store.snapshot_path(digest), trash / "snapshots" / digest, taken_at):
                 result.snapshots += 1
                 gone.add(digest)
+            tick()
         _empty(trash / "snapshots", result)  # snapshots are rebuilt from blobs if a racer needs one
         for digest in plan.manifests:
             if digest not in live and _trash(store.manifest_path(digest), trash / "manifests" / f"{digest}.json",
                                              taken_at):
                 result.manifests += 1
+            tick()
+        for _kept in range(len(plan.blobs) - len(blobs)):  # revived or in flight: kept, but counted
+            tick()
         for sha in blobs:
             if _trash(store.blob_path(sha), trash / "blobs" / sha, taken_at, blob=True):
                 result.blobs += 1
+            tick()
         _restore_needed(store, trash, plan, result)
         _drop_dangling_links(store, gone)
         for name in plan.temps:
+            tick()
             path = store.tmp / name
             try:
                 if os.lstat(path).st_mtime < taken_at:
@@ -278,7 +298,7 @@ def auto_prune(settings: Settings, store: Store, now: float | None = None) -> Pr
 
 
 def run_prune(settings: Settings, store: Store, policy: PrunePolicy, *, dry_run: bool = False,
-              now: float | None = None) -> tuple[PrunePlan, PruneResult | None]:
+              now: float | None = None, bar: Bar | None = None) -> tuple[PrunePlan, PruneResult | None]:
     """Scan, plan and (unless ``dry_run``) execute, under the store's prune lease: one node
     prunes a shared store at a time (StoreBusyError otherwise). A dry run takes no lease."""
     if dry_run:
@@ -286,4 +306,4 @@ def run_prune(settings: Settings, store: Store, policy: PrunePolicy, *, dry_run:
     announce(settings, "cli")
     with exclusive(settings, "prune", "prune"):
         plan = plan_prune(scan(store), policy, time.time() if now is None else now)
-        return plan, (PruneResult() if plan.is_empty() else execute_prune(store, plan))
+        return plan, (PruneResult() if plan.is_empty() else execute_prune(store, plan, bar))

@@ -26,6 +26,7 @@ from cachemgr.lifecycle.deep_load import load_models
 from cachemgr.lifecycle.hashing import Throttle, hash_many, sha256_file
 from cachemgr.lifecycle.problems import Problem, ProblemKind, QuarantineOrder, Retirement, VerifyReport
 from cachemgr.lifecycle.scrub_state import ScrubState, resume_or_start, save_state
+from cachemgr.progress import Bar, Bars
 from cachemgr.settings import Settings
 from cachemgr.store.manifest import Manifest
 from cachemgr.store.objects import Store
@@ -42,6 +43,7 @@ class VerifyOptions:
     max_duration: float | None = None
     rate: int | None = None  # bytes/s, for background scrubs
     workers: int | None = None
+    bars: Bars | None = None  # progress bars on a TTY (blob hashing; --deep: models loaded)
 
 
 class Verifier:
@@ -107,7 +109,24 @@ class Verifier:
     def check_blobs(self, state: ScrubState) -> ScrubState:
         throttle = Throttle(self.options.rate) if self.options.rate else None
         saved = time.monotonic()
-        for res in hash_many(self.blob_keys(state.cursor), self.options.workers, self.expired, throttle):
+        keys: Iterator[tuple[str, str]] = self.blob_keys(state.cursor)
+        bar: Bar | None = None
+        total = 0
+        if self.options.bars is not None and self.options.bars.enabled:
+            listed = list(keys)  # a stat per blob, only for the bar's total
+            total = sum(_size(path) for _key, path in listed)
+            keys, bar = iter(listed), self.options.bars.new("verify blobs")
+        try:
+            state = self._hash_blobs(state, keys, throttle, saved, bar, total)
+        finally:
+            if bar is not None:
+                bar.close()
+        return state
+
+    def _hash_blobs(self, state: ScrubState, keys: Iterator[tuple[str, str]], throttle: Throttle | None,
+                    saved: float, bar: Bar | None, total: int) -> ScrubState:
+        done = 0
+        for res in hash_many(keys, self.options.workers, self.expired, throttle):
             self.did_work = True
             if res.digest is None:
                 if self.options.handles and res.error == "missing":
@@ -125,6 +144,9 @@ class Verifier:
                              f"content hashes to {res.digest[:16]}…; quarantined; {taken}", handles)
             self.report.blobs += 1
             self.report.bytes += res.size
+            done += res.size
+            if bar is not None:
+                bar.update_to(done, max(total, done))
             state = state.advance(cursor=res.key, blobs_done=state.blobs_done + 1,
                                   bytes_done=state.bytes_done + res.size)
             if self.options.max_duration is not None and time.monotonic() - saved > 5:
@@ -248,7 +270,13 @@ class Verifier:
 
     def check_deep(self) -> None:
         refs = [r for r in self.loadable if r.manifest not in self.out_of_service]
-        results = load_models(sorted({self.store.snapshot_path(r.manifest) for r in refs}))
+        paths = sorted({self.store.snapshot_path(r.manifest) for r in refs})
+        bar = self.options.bars.new("verify --deep", unit="model") if self.options.bars else None
+        try:
+            results = load_models(paths, on_result=(lambda n: bar.update_to(n, len(paths))) if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
         for ref in refs:
             res = results.get(str(self.store.snapshot_path(ref.manifest)))
             if res is None:
@@ -259,6 +287,13 @@ class Verifier:
                 self.problem(ProblemKind.LOAD_FAILED, ref.handle,
                              "tf.saved_model.load fails although every hash matches (the archive itself is "
                              f"broken; pin another version): {res.error}", (ref.handle,))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _walk(root: Path) -> Iterator[str]:

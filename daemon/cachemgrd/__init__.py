@@ -11,6 +11,8 @@ supervisor.py  the primary's side of workers: start, watch, restart, reload, sto
 worker.py      a worker process: answers hits, forwards the rest
 forward.py     a worker's relay to the primary
 listeners.py   the listening sockets, bound once and shared
+frontdoor.py   the TCP front door: client_timeout for request heads and bodies, max_peer_connections
+logs.py        logging, configured in one place (text or JSON lines), and the daemon's own log lines
 counters.py    counters shared between the primary and its workers
 metrics.py     the daemon's counters and their Prometheus text
 httperrors.py  the one table from library exceptions to HTTP statuses
