@@ -4,6 +4,7 @@ main.py        running it: sockets, signals, sd_notify, start-up and shutdown
 app.py         the aiohttp application: the versioned JSON API, metrics, mirror serving
 state.py       the primary's state: settings, store, single-flight resolves
 hitpath.py     the read-only hit path shared by the primary and its workers
+storeio.py     the daemon's store I/O off the event loop: what /v1/health says of stuck calls
 mirror_tar.py  a stored model as the tar stream tensorflow_hub expects
 immutable.py   blobs and manifests by digest, with the headers any HTTP cache needs (Range, ETag)
 watch.py       watchdog adoption, stale hub leftovers, prefetch, periodic sweep and scrub

@@ -1,0 +1,185 @@
+"""Store calls from an event loop, run in threads, and the calls that have been running too long.
+
+On a network filesystem any syscall can block for minutes (a FUSE ``rename`` that GlusterFS
+never answers, an NFS server gone away). An event loop that makes such a call stops answering
+everything, health included. So a coroutine never touches the store itself: it awaits
+``io.run(fn, *args, what="...")``, which runs ``fn`` on one of a bounded set of threads and
+records when each call started, so that ``stuck()`` can name every call running longer than
+``stuck_after`` seconds (``Settings.stuck_io_after``).
+
+``later(key, fn, ...)`` is for best-effort writes nobody should wait on for long (last-use
+records): one thread of their own, and at most one pending call per key, so a hung mount
+costs one thread, not one per request.
+
+The threads are daemon threads, by hand, rather than ``concurrent.futures.ThreadPoolExecutor``:
+that one joins its threads at interpreter exit, so a single call stuck on a hung mount would
+keep a stopping process alive for as long as the mount hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar, TypeVarTuple
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+DEFAULT_THREADS = 16  # store calls at once; the rest queue (and are counted in ``queued``)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A store call in progress."""
+
+    what: str
+    started: float  # time.monotonic()
+    thread: str
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {"what": self.what, "seconds": round(now - self.started, 1), "thread": self.thread}
+
+
+_Job = tuple[Future[Any], str, Callable[..., Any], tuple[Any, ...]]
+
+
+class _Lane:
+    """Up to ``threads`` daemon threads taking jobs from one queue, started as needed."""
+
+    def __init__(self, owner: StoreIO, name: str, threads: int) -> None:
+        self.owner = owner
+        self.name = name
+        self.max_threads = threads
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.idle = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def submit(self, what: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self.lock:
+            if self.closed:
+                raise RuntimeError(f"store I/O is shut down (asked for {what})")
+            if not self.idle.acquire(blocking=False) and len(self.threads) < self.max_threads:
+                thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self.threads)}", daemon=True)
+                self.threads.append(thread)
+                thread.start()
+            self.owner.queued_more(1)
+            self.jobs.put((future, what, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            future, what, fn, args = job
+            self.owner.queued_more(-1)
+            if future.set_running_or_notify_cancel():
+                token = self.owner.begin(what)
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    future.set_exception(exc)
+                finally:
+                    self.owner.end(token)
+            del job, future, fn, args  # no reference kept to a result while idle
+            self.idle.release()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            for _ in self.threads:
+                self.jobs.put(None)
+
+
+class StoreIO:
+    """Blocking store calls for coroutines: bounded threads, each call's start recorded."""
+
+    def __init__(self, stuck_after: float, threads: int = DEFAULT_THREADS, name: str = "storeio") -> None:
+        self.stuck_after = stuck_after
+        self._lock = threading.Lock()
+        self._calls: dict[int, Call] = {}
+        self._ids = itertools.count()
+        self._queued = 0
+        self._reported: set[int] = set()
+        self._pool = _Lane(self, name, threads)
+        self._background = _Lane(self, f"{name}-later", 1)
+        self._later: dict[str, Future[Any]] = {}
+
+    # -- for coroutines ----------------------------------------------------------------------
+    async def run(self, fn: Callable[[*Ts], T], *args: *Ts, what: str) -> T:
+        """``fn(*args)`` on a store thread; ``what`` names the call in ``stuck()`` ("read ref <handle>")."""
+        result: T = await asyncio.wrap_future(self._pool.submit(what, fn, args))
+        return result
+
+    def submit(self, fn: Callable[[*Ts], Any], *args: *Ts, what: str) -> Future[Any]:
+        """``fn(*args)`` on a store thread, not waited for (closing a descriptor, say)."""
+        return self._pool.submit(what, fn, args)
+
+    def later(self, key: str, fn: Callable[[*Ts], None], *args: *Ts, what: str) -> Future[Any] | None:
+        """Run ``fn(*args)`` on the background thread, unless a call for ``key`` is still pending:
+        then None (that one will do). Call it from the loop's thread. The future may be ignored."""
+        with self._lock:
+            pending = self._later.get(key)
+            if pending is not None and not pending.done():
+                return None
+        future = self._background.submit(what, fn, args)
+        with self._lock:
+            self._later[key] = future
+        future.add_done_callback(lambda f: self._forget(key, f))
+        return future
+
+    def _forget(self, key: str, future: Future[Any]) -> None:
+        with self._lock:
+            if self._later.get(key) is future:
+                del self._later[key]
+
+    # -- what is running ---------------------------------------------------------------------
+    def stuck(self) -> list[dict[str, Any]]:
+        """The calls running longer than ``stuck_after``, oldest first (JSON-ready)."""
+        now = time.monotonic()
+        with self._lock:
+            calls = sorted(self._calls.values(), key=lambda c: c.started)
+        return [c.to_json(now) for c in calls if now - c.started >= self.stuck_after]
+
+    def newly_stuck(self) -> list[dict[str, Any]]:
+        """Like ``stuck()``, but each call once only (for a log line when it crosses the line)."""
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for token, call in sorted(self._calls.items(), key=lambda kv: kv[1].started):
+                if now - call.started >= self.stuck_after and token not in self._reported:
+                    self._reported.add(token)
+                    out.append(call.to_json(now))
+        return out
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a thread (all of them busy: on a hung mount, stuck)."""
+        with self._lock:
+            return self._queued
+
+    def queued_more(self, n: int) -> None:
+        with self._lock:
+            self._queued += n
+
+    def begin(self, what: str) -> int:
+        token = next(self._ids)
+        call = Call(what, time.monotonic(), threading.current_thread().name)
+        with self._lock:
+            self._calls[token] = call
+        return token
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            self._calls.pop(token, None)
+            self._reported.discard(token)
+
+    def close(self) -> None:
+        """Stop taking calls; threads finish what they have and exit (a stuck one is left behind)."""
+        self._pool.close()
+        self._background.close()
