@@ -18,12 +18,12 @@ def exclusive(settings: Settings, name: str, what: str) -> Iterator[Lease]:
     lease = try_acquire(settings.home, name, node=settings.node_id, timeout=settings.lease_timeout, what=what)
     if lease is None:
         state = read_lease(lease_path(settings.home, name))
-        who, held = "another process", "store-wide work"
+        who, busy = "another process", "store-wide work"
         if state is not None and state.record is not None:
             rec = state.record
             who = f"node {rec.node} (pid {rec.pid}, for {format_age(time.time() - rec.started)})"
-            held = rec.what or rec.name
-        raise StoreBusyError(f"{who} is running {held} on store {settings.home}, and {what} cannot run "
+            busy = rec.what or rec.name
+        raise StoreBusyError(f"{who} is running {busy} on store {settings.home}, and {what} cannot run "
                              f"at the same time; retry when it is done (or after "
                              f"{format_age(settings.lease_timeout)} if it died)")
     with LeaseKeeper(lease, settings.lease_timeout) as held:
