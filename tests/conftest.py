@@ -64,8 +64,8 @@ def cli(home: Path, origin: FakeOrigin, tmp_path: Path) -> Cli:
 
 @pytest.fixture(scope="session")
 def gluster_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlusterBed]:
-    """A 2-brick GlusterFS volume and 4 nodes, each with its own FUSE mount at one path (fails, never skips)."""
-    bed = GlusterBed(tmp_path_factory.mktemp("gl"), nodes=4, bricks=2)
+    """A 2-brick GlusterFS volume and 5 nodes, each with its own FUSE mount at one path (fails, never skips)."""
+    bed = GlusterBed(tmp_path_factory.mktemp("gl"), nodes=5, bricks=2)
     yield bed
     bed.close()
 

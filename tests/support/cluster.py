@@ -11,6 +11,7 @@ process sees a store path through its own mount. Every node has its own ``CACHEM
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ class SharedStore:
         self.host_home = bed.on_host(self.home)
         self.host_home.parent.mkdir(parents=True, exist_ok=True)
         self.env = dict(BASE_ENV, CACHEMGR_MIRRORS=mirrors, CACHEMGR_RETRIES="3", CACHEMGR_BACKOFF="0.05",
+                        # the tests hold origin bodies for as long as they need: no stall timer
+                        CACHEMGR_LOW_SPEED_LIMIT="0",
                         CACHEMGR_LEASE_TIMEOUT=f"{lease_timeout}s", CACHEMGR_NODE_TIMEOUT=f"{node_timeout}s",
                         CACHEMGR_HOME=str(self.home), **(extra_env or {}))
         self.name = name
@@ -96,3 +99,26 @@ def hub_result(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, A
     assert line is not None, f"hub job printed no RESULT: {out[-1000:]} {err[-2000:]}"
     result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     return result
+
+
+def sockets_of(pid: int) -> int:
+    """How many sockets process ``pid`` has open (a daemon's listeners plus its connections).
+
+    Counted from /proc, not with ``ss``: the server side of a connection from a client in
+    another network namespace (``unshare -n``) lives in the client's namespace."""
+    n = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            continue
+    return n
+
+
+def files_named(root: Path, suffix: str) -> list[Path]:
+    """Files under ``root`` whose names end with ``suffix`` (hub locks, leases, temps)."""
+    return sorted(p for p in root.rglob(f"*{suffix}")) if root.exists() else []
