@@ -19,8 +19,8 @@ keep a stopping process alive for as long as the mount hangs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -49,33 +49,46 @@ _Job = tuple[Future[Any], str, Callable[..., Any], tuple[Any, ...]]
 
 
 class _Lane:
-    """Up to ``threads`` daemon threads taking jobs from one queue, started as needed."""
+    """Up to ``threads`` daemon threads taking jobs from one queue, started as needed.
+
+    A thread is started whenever no idle one is waiting for the new job, so a call queues only
+    when all ``threads`` are busy (on a hung mount: stuck), never behind one stuck call."""
 
     def __init__(self, owner: StoreIO, name: str, threads: int) -> None:
         self.owner = owner
         self.name = name
         self.max_threads = threads
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.jobs: collections.deque[_Job] = collections.deque()
         self.threads: list[threading.Thread] = []
-        self.idle = threading.Semaphore(0)
-        self.lock = threading.Lock()
+        self.waiting = 0  # threads idle in wait()
+        self.cond = threading.Condition()
         self.closed = False
 
     def submit(self, what: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
         future: Future[Any] = Future()
-        with self.lock:
+        with self.cond:
             if self.closed:
                 raise RuntimeError(f"store I/O is shut down (asked for {what})")
-            if not self.idle.acquire(blocking=False) and len(self.threads) < self.max_threads:
+            self.jobs.append((future, what, fn, args))
+            self.owner.queued_more(1)
+            if self.waiting >= len(self.jobs):
+                self.cond.notify()
+            elif len(self.threads) < self.max_threads:
                 thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self.threads)}", daemon=True)
                 self.threads.append(thread)
                 thread.start()
-            self.owner.queued_more(1)
-            self.jobs.put((future, what, fn, args))
         return future
 
+    def _next(self) -> _Job | None:
+        with self.cond:
+            while not self.jobs and not self.closed:
+                self.waiting += 1
+                self.cond.wait()
+                self.waiting -= 1
+            return self.jobs.popleft() if self.jobs else None
+
     def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while (job := self._next()) is not None:
             future, what, fn, args = job
             self.owner.queued_more(-1)
             if future.set_running_or_notify_cancel():
@@ -87,13 +100,12 @@ class _Lane:
                 finally:
                     self.owner.end(token)
             del job, future, fn, args  # no reference kept to a result while idle
-            self.idle.release()
 
     def close(self) -> None:
-        with self.lock:
+        """Threads finish the jobs queued, then exit."""
+        with self.cond:
             self.closed = True
-            for _ in self.threads:
-                self.jobs.put(None)
+            self.cond.notify_all()
 
 
 class StoreIO:
@@ -120,7 +132,7 @@ class StoreIO:
         """``fn(*args)`` on a store thread, not waited for (closing a descriptor, say)."""
         return self._pool.submit(what, fn, args)
 
-    def later(self, key: str, fn: Callable[[*Ts], None], *args: *Ts, what: str) -> Future[Any] | None:
+    def later(self, key: str, fn: Callable[[*Ts], Any], *args: *Ts, what: str) -> Future[Any] | None:
         """Run ``fn(*args)`` on the background thread, unless a call for ``key`` is still pending:
         then None (that one will do). Call it from the loop's thread. The future may be ignored."""
         with self._lock:
