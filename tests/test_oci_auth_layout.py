@@ -84,6 +84,8 @@ def test_export_an_oci_layout_that_skopeo_pushes(src: Cli, tmp_path: Path) -> No
         assert json.loads(r3.out)["results"][0]["canonical"] == MYMUL
     again = src("export", MYMUL, "--format", "oci-layout", "-o", str(layout))
     assert again.code == 2 and "not an empty directory" in again.err
+    mixed = src("export", MYMUL, "--format", "oci-layout", "-o", str(tmp_path / "x"), "--split-size", "1M")
+    assert mixed.code == 2 and "--split-size is for bundles" in mixed.err and not (tmp_path / "x").exists()
 
 
 def _layout(src: Cli, tmp_path: Path, name: str) -> Path:

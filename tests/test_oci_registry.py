@@ -88,6 +88,25 @@ def test_push_sends_shared_blobs_once(site: Site) -> None:
     assert again["uploaded"] == 0 and again["present"] == again["blobs"]
 
 
+def test_a_copy_in_another_repository_is_mounted_not_uploaded(site: Site) -> None:
+    other = "https://tfhub.dev/other/text-embed/1"
+    r = site.cli("add", other, site.cli("path", TEXT1).out.strip())
+    assert r.code == 0, r.err
+    before = site.registry.uploads()
+    r = site.cli("push", TEXT1, other, "--to", site.registry.url("site"), "--json")
+    assert r.code == 0, r.err
+    first, second = json.loads(r.out)["results"]
+    assert first["present"] == first["blobs"] and first["uploaded"] == 0
+    assert second["reference"].endswith("/site/other/text-embed:1")
+    assert second["mounted"] == second["blobs"] and second["uploaded"] == 0, second
+    new = site.registry.uploads() - before
+    assert len(new) == 1 and not set(new) & _blobs(site.cli, TEXT1), new  # only its config travelled
+    fresh = site.fresh("mounted")
+    r = fresh("pull", f"{site.registry.url('site')}/other/text-embed:1", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["results"][0]["canonical"] == other
+
+
 def test_skopeo_sees_a_modelpack_artifact_with_a_layer_per_file(site: Site) -> None:
     assert shutil.which("skopeo"), "skopeo (Debian package skopeo) is required"
     r = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",

@@ -49,6 +49,11 @@ def export(c: Ctx, store: Store, handles: tuple[str, ...], from_file: Path | Non
     if from_file is not None:
         handles = tuple(handles_from(handles, from_file))
     if fmt == "oci-layout":
+        extras = [n for n, v in (("--have", have), ("--split-size", split_size), ("--sign", sign_key),
+                                 ("--with-pins", with_pins)) if v]
+        if extras:
+            raise UsageError(f"{extras[0]} is for bundles; an OCI layout (--format oci-layout) takes handles, "
+                             "--all or --pinned and -o DIR only")
         _export_layout(store, select_refs(store, handles, everything, live_pins(store) if pinned else ()),
                        output, as_json)
         return

@@ -10,6 +10,7 @@ another host, or relative to the registry) and resends with it. Tokens are kept 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -112,7 +113,7 @@ class Auth:
                      refused: bool) -> str:
         """The Authorization value that answers ``challenge`` (a 401's WWW-Authenticate)."""
         scheme, params = parse_challenge(challenge)
-        basic = self._basic()
+        basic = await asyncio.to_thread(self._basic)  # reads the auth file: never on the event loop
         if scheme == "basic":
             if basic is None:
                 raise RegistryAuthError(f"registry {self.host} wants a user name and password; "
