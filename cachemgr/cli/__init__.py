@@ -9,4 +9,5 @@ oci.py        push (to an OCI registry; pull, export and import take registries 
 daemon.py     daemon, status, shim install / uninstall
 util.py       the Command class (errors -> one line + exit code), with_store, option types
 output.py     tables for people, JSON for scripts
+complete.py   shell completion of the handles in the store (subcommands and options: click)
 """

@@ -14,6 +14,7 @@ from cachemgr.bundle.container import read_part_header
 from cachemgr.bundle.export import build_manifest, live_pins, select_refs, write_bundle
 from cachemgr.bundle.format import Inventory
 from cachemgr.bundle.importer import ImportResult, import_bundle, take_inventory
+from cachemgr.cli.complete import complete_handles
 from cachemgr.cli.output import emit_json
 from cachemgr.cli.util import SIZE, Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
 from cachemgr.errors import MissingBaseError, UsageError, exit_code_for
@@ -27,7 +28,7 @@ from cachemgr.units import format_size, plural
 
 
 @command()
-@click.argument("handles", nargs=-1)
+@click.argument("handles", nargs=-1, shell_complete=complete_handles)
 @from_file_option
 @click.option("--all", "everything", is_flag=True, help="Export every model in the store.")
 @click.option("--pinned", is_flag=True, help="Export every pinned model (live pins).")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from cachemgr.cli.complete import complete_handles
 from cachemgr.cli.output import emit_json, table
 from cachemgr.cli.util import DURATION, SIZE, Ctx, command, json_option, pass_ctx, with_store
 from cachemgr.errors import ChecksFailedError, exit_code_for
@@ -21,7 +22,7 @@ def _when(ts: float | None) -> str:
 
 
 @command()
-@click.argument("handle")
+@click.argument("handle", shell_complete=complete_handles)
 @click.option("--reason", help="Why it is pinned (shown by `cachemgr pins`); pinning again keeps the old one.")
 @click.option("--until", "until_text",
               help="Expiry: a future date (2025-12-31) or a duration from now (30d); pinning again keeps the old one.")
@@ -51,7 +52,7 @@ def pin(c: Ctx, store: Store, handle: str, reason: str | None, until_text: str |
 
 
 @command()
-@click.argument("handle")
+@click.argument("handle", shell_complete=complete_handles)
 @json_option
 @pass_ctx
 @with_store()
@@ -152,7 +153,7 @@ def prune(c: Ctx, store: Store, max_size: int | None, unused_for: float | None, 
 
 
 @command()
-@click.argument("handles", nargs=-1)
+@click.argument("handles", nargs=-1, shell_complete=complete_handles)
 @click.option("--deep", is_flag=True, help="Also load each model with tf.saved_model.load (in a subprocess).")
 @click.option("--repair", is_flag=True, help="Re-fetch or rebuild what is corrupt, then restore the view.")
 @click.option("--from-bundle", "bundle", type=click.Path(path_type=Path), help="Repair from this bundle file.")
@@ -208,7 +209,7 @@ def du(c: Ctx, store: Store, as_json: bool) -> None:
 
 
 @command(name="rm")
-@click.argument("handles", nargs=-1, required=True)
+@click.argument("handles", nargs=-1, required=True, shell_complete=complete_handles)
 @click.option("--force", is_flag=True, help="Also remove pinned models (and their pins).")
 @click.option("--dry-run", is_flag=True, help="Print what would go; delete nothing.")
 @json_option

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from cachemgr.cli.complete import complete_handles
 from cachemgr.cli.output import emit_json, table
 from cachemgr.cli.util import Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
 from cachemgr.errors import NotCachedError, exit_code_for
@@ -35,7 +36,7 @@ def _ref_json(ref: Ref, store: Store, state: ModelState) -> dict[str, Any]:
 
 
 @command()
-@click.argument("handles", nargs=-1)
+@click.argument("handles", nargs=-1, shell_complete=complete_handles)
 @from_file_option
 @click.option("--refresh", is_flag=True, help="Fetch again even if the model is present.")
 @json_option
@@ -119,7 +120,7 @@ def ls_cmd(c: Ctx, store: Store, as_json: bool) -> None:
 
 
 @command()
-@click.argument("handle")
+@click.argument("handle", shell_complete=complete_handles)
 @json_option
 @pass_ctx
 @with_store()
@@ -146,7 +147,7 @@ def info(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
 
 
 @command()
-@click.argument("handle")
+@click.argument("handle", shell_complete=complete_handles)
 @json_option
 @pass_ctx
 @with_store()
