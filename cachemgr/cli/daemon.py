@@ -24,17 +24,30 @@ PTH_NAME = "cachemgr-shim.pth"
 @click.option("--listen", multiple=True, help="Also serve TCP on HOST:PORT (repeatable) [CACHEMGR_LISTEN].")
 @click.option("--workers", help="Processes serving the sockets: N or 'auto' (one per two cores, at most 4) "
               "[CACHEMGR_WORKERS].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Least important log lines written (default info) [CACHEMGR_LOG_LEVEL].")
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False),
+              help="'text' lines (default), or 'json': one object per line with ts, level, logger, msg and "
+              "the line's fields (handle, bytes, seconds, ...), for journald and log shippers "
+              "[CACHEMGR_LOG_FORMAT].")
 @click.option("--ready-file", type=click.Path(path_type=Path), hidden=True)
 @pass_ctx
 def daemon(c: Ctx, socket_path: Path | None, listen: tuple[str, ...], workers: str | None,
-           ready_file: Path | None) -> None:
-    """Run the cache daemon (resolve API, mirror, watcher)."""
+           log_level: str | None, log_format: str | None, ready_file: Path | None) -> None:
+    """Run the cache daemon (resolve API, mirror, watcher).
+
+    It logs one line per fetch, failed resolve, mirror serve, prune and scrub to stderr.
+    """
     if socket_path is not None:
         c.overrides["socket"] = socket_path
     if listen:
         c.overrides["listen"] = list(listen)
     if workers is not None:
         c.overrides["workers"] = workers
+    if log_level is not None:
+        c.overrides["log_level"] = log_level
+    if log_format is not None:
+        c.overrides["log_format"] = log_format
     from cachemgrd.main import run  # the CLI depends on the daemon package, never the reverse
 
     run(c.settings, dict(os.environ), c.config, dict(c.overrides), ready_file)

@@ -6,7 +6,9 @@ registers a resolver that tensorflow_hub tries first:
 - hit: ``TFHUB_CACHE_DIR/<sha1(handle)>`` exists and is not empty -> return it (plus one
   ``utime`` to record the use). No socket round trip. Stdlib only.
 - miss: ask the daemon (``CACHEMGR_SOCKET``) to resolve; it fetches once for everyone.
-- offline miss: raise an error that names the handle and the fix.
+- offline miss: raise an error that names the handle and the fix. ``CACHEMGR_OFFLINE=1`` in this
+  process's environment asks the daemon for an offline answer (it then fetches nothing), and
+  never falls back to tensorflow_hub's download.
 - daemon unreachable: warn once, then fall back to tensorflow_hub's own download.
 
 Local paths and ``gs://`` handles are left to tensorflow_hub. Nothing is read from the
@@ -69,6 +71,20 @@ def _record_use(cache_dir: str, name: str) -> None:
         record_use(__import__("pathlib").Path(home), name)
 
 
+def _offline() -> bool:
+    """This process's offline switch, ``CACHEMGR_OFFLINE`` (the daemon is asked for an offline answer)."""
+    value = os.environ.get("CACHEMGR_OFFLINE", "")
+    if not value:
+        return False
+    from cachemgr.errors import CachemgrError  # both stdlib-only; imported on a miss
+    from cachemgr.setting_values import parse_bool
+
+    try:
+        return parse_bool(value, "environment variable CACHEMGR_OFFLINE")
+    except CachemgrError as exc:
+        raise CachemgrResolveError(f"cachemgr: {exc}") from None
+
+
 def _nonempty_dir(path: str) -> bool:
     try:
         with os.scandir(path) as it:
@@ -99,12 +115,14 @@ class CachemgrResolver:
         from cachemgr.client.daemon_client import DaemonUnavailable, call
 
         socket_path = _socket_path()
+        offline = _offline()
+        body: dict[str, Any] = {"handle": handle, "offline": True} if offline else {"handle": handle}
         try:
-            status, doc = call(socket_path, "POST", "/v1/resolve", {"handle": handle})
+            status, doc = call(socket_path, "POST", "/v1/resolve", body)
         except (DaemonUnavailable, ConnectionError, TimeoutError) as exc:
-            return self._fall_back(handle, str(exc))
+            return self._fall_back(handle, str(exc), offline)
         if status == 503:  # a worker answered, but the daemon's primary is gone: as good as unreachable
-            return self._fall_back(handle, str(doc.get("error", {}).get("message", doc)))
+            return self._fall_back(handle, str(doc.get("error", {}).get("message", doc)), offline)
         if status != 200:
             err = doc.get("error", {})
             raise CachemgrResolveError(f"cachemgr could not provide {handle}: {err.get('message', doc)}")
@@ -112,8 +130,12 @@ class CachemgrResolver:
             return path
         return str(doc.get("view") or doc["path"])
 
-    def _fall_back(self, handle: str, why: str) -> str:
+    def _fall_back(self, handle: str, why: str, offline: bool) -> str:
         global _warned
+        if offline:  # tensorflow_hub's own download would go online
+            raise CachemgrResolveError(f"cachemgr could not provide {handle}: the daemon is unreachable ({why}) "
+                                       "and this process is offline (CACHEMGR_OFFLINE), so it is not downloaded; "
+                                       "start the daemon with `cachemgr daemon` or set CACHEMGR_SOCKET")
         if not _warned:
             _warned = True
             warnings.warn(f"cachemgr: daemon unreachable ({why}); falling back to tensorflow_hub's "

@@ -24,9 +24,11 @@ from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
 from cachemgr.store.usage import record_handle_use
 from cachemgrd.forward import VIA_HEADER, client_is_tcp
+from cachemgrd.frontdoor import body_deadline
 from cachemgrd.hitpath import Resolved
 from cachemgrd.httperrors import error_response, plain_error
 from cachemgrd.immutable import SHORT_LIVED, serve_immutable
+from cachemgrd.logs import MIRRORED
 from cachemgrd.metrics import render
 from cachemgrd.mirror_tar import gzip_chunks, tar_chunks, tar_size
 from cachemgrd.state import DaemonState
@@ -43,7 +45,7 @@ class Serving(Protocol):
     store: Store
     index: RefIndex
 
-    async def resolve(self, text: str) -> Resolved: ...
+    async def resolve(self, text: str, offline: bool = False) -> Resolved: ...
 
     def served(self) -> None:
         """Count a model served by another way than resolve (a mirror tar, a ref for another daemon)."""
@@ -148,10 +150,11 @@ async def resolve(request: web.Request) -> web.Response:
     if denied:
         return denied
     doc = await _json_body(request)
-    handle = doc.get("handle")
-    if not isinstance(handle, str):
-        return plain_error(400, "bad_request", "body must be {\"handle\": \"<model handle>\"}")
-    resolved = await request.app[STATE].resolve(handle)
+    handle, offline = doc.get("handle"), doc.get("offline", False)  # offline: the client's own switch
+    if not isinstance(handle, str) or not isinstance(offline, bool):
+        return plain_error(400, "bad_request", "body must be {\"handle\": \"<model handle>\"}, "
+                           "optionally with \"offline\": true")
+    resolved = await request.app[STATE].resolve(handle, offline)
     return web.Response(body=resolved.body, content_type="application/json",
                         headers={"Cache-Control": SHORT_LIVED})
 
@@ -270,6 +273,7 @@ async def hosting(request: web.Request) -> web.StreamResponse:
     manifest = state.store.read_manifest(ref.manifest)
     chunks = tar_chunks(state.store, ref.manifest, manifest)
     gz = request.query.get("compression") == "gzip"
+    request[MIRRORED] = ref.handle  # logged once the tar is out (logs.ServeLog)
     resp = web.StreamResponse(headers={
         "Content-Type": "application/gzip" if gz else "application/x-tar",
         "ETag": f'"{ref.manifest}"',
@@ -285,11 +289,16 @@ async def hosting(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _client_timeout(request: web.Request) -> float:
+    return request.app[STATE].settings.client_timeout
+
+
 def create_app(state: Serving, forward: Handler | None = None, middleware: Middleware | None = None
                ) -> web.Application:
     """The primary's app, or (with ``forward``) a worker's: the read-only paths are served here,
     the primary-only endpoints go to ``forward``, and so does whatever ``middleware`` sends there."""
-    app = web.Application(middlewares=[middleware or errors_middleware], client_max_size=state.settings.max_body)
+    app = web.Application(middlewares=[body_deadline(_client_timeout), middleware or errors_middleware],
+                          client_max_size=state.settings.max_body)
     app[STATE] = state
     if isinstance(state, DaemonState):
         app[PRIMARY] = state

@@ -14,8 +14,9 @@ from aiohttp import web
 
 from cachemgr.errors import CachemgrError
 from cachemgr.settings import Settings, usable_cpus
-from cachemgrd import systemd
+from cachemgrd import logs, systemd
 from cachemgrd.app import INTERNAL_SOCKET, WORKERS, create_app
+from cachemgrd.frontdoor import FrontDoor, is_tcp
 from cachemgrd.gc_freeze import freeze_startup_objects
 from cachemgrd.listeners import LISTEN_BACKLOG, Listeners, bind_all
 from cachemgrd.state import DaemonState
@@ -23,11 +24,16 @@ from cachemgrd.supervisor import WorkerPool
 from cachemgrd.watch import Watcher
 
 log = logging.getLogger("cachemgrd")
+SHUTDOWN_TIMEOUT = 2.0  # seconds requests in progress get to finish at stop
 
 
-async def _serve_sockets(runner: web.AppRunner, listeners: Listeners, pool: WorkerPool | None) -> None:
+async def _serve_sockets(runner: web.AppRunner, listeners: Listeners, pool: WorkerPool | None,
+                         door: FrontDoor) -> None:
     for sock in listeners.sockets:
-        await web.SockSite(runner, sock, backlog=LISTEN_BACKLOG).start()
+        if is_tcp(sock):  # client_timeout and max_peer_connections (frontdoor.py)
+            await door.serve(runner, sock, LISTEN_BACKLOG)
+        else:
+            await web.SockSite(runner, sock, backlog=LISTEN_BACKLOG).start()
     if pool is not None:
         await web.UnixSite(runner, pool.primary_socket, backlog=LISTEN_BACKLOG).start()
         os.chmod(pool.primary_socket, 0o600)
@@ -44,15 +50,16 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     app = create_app(state)
     count = settings.worker_count(usable_cpus())
     listeners = bind_all(settings, env)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, **logs.runner_options())
     pool: WorkerPool | None = None
+    door = FrontDoor(settings)
     try:
         if count > 1:
             pool = WorkerPool(listeners, env)
             app[WORKERS] = pool
             app[INTERNAL_SOCKET] = pool.primary_socket
         await runner.setup()
-        await _serve_sockets(runner, listeners, pool)
+        await _serve_sockets(runner, listeners, pool, door)
         if pool is not None:
             await pool.start(settings, count)
     except BaseException:
@@ -75,6 +82,8 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
             log.error("reload refused, keeping the running configuration: %s", err)
             return
         watcher.state.settings = new
+        logs.configure(new)
+        door.limit.cap = new.max_peer_connections
         if pool is not None:
             state.spawn(pool.reload(new, new.worker_count(usable_cpus())))
         elif new.worker_count(usable_cpus()) > 1:
@@ -103,6 +112,7 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     await asyncio.gather(*state.inflight.values(), return_exceptions=True)
     if pool is not None:
         await pool.stop()  # workers finish their requests (forwarded ones too) while we still serve
+    await door.shutdown(SHUTDOWN_TIMEOUT)
     await runner.cleanup()
     if pool is not None:
         pool.close()
@@ -112,6 +122,5 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
 
 def run(settings: Settings, env: Mapping[str, str], config_arg: Any, overrides: Mapping[str, Any],
         ready_file: Path | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="cachemgrd: %(levelname)s %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logs.configure(settings)
     asyncio.run(serve(settings, env, config_arg, overrides, ready_file))

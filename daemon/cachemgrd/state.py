@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from cachemgr.errors import CachemgrError, StoreError
+from cachemgr.errors import CachemgrError, OfflineMissError, StoreError
 from cachemgr.fetch.http import make_session
 from cachemgr.fetch.pull import Puller, PullResult, offline_miss
 from cachemgr.handles import parse_handle
@@ -23,11 +23,21 @@ from cachemgr.store.objects import open_store
 from cachemgr.store.refs import RefIndex
 from cachemgr.store.usage import record_handle_use
 from cachemgr.store.view import hub_key
+from cachemgrd import logs
 from cachemgrd.hitpath import HitPath, Resolved
 from cachemgrd.metrics import Metrics, store_totals
 
 log = logging.getLogger("cachemgrd")
 RESTART_ONLY = ("home", "socket", "listen")  # bound or opened at start; SIGHUP cannot change them
+
+
+def client_offline_miss(text: str) -> OfflineMissError:
+    """A miss for a client that asked for an offline answer (the shim under CACHEMGR_OFFLINE=1)."""
+    return OfflineMissError(
+        f"{text} is not in the store and this client is offline (CACHEMGR_OFFLINE in its environment), "
+        f"so the daemon did not fetch it; unset CACHEMGR_OFFLINE to let it, or `cachemgr pull {text}` "
+        "on a connected machine and `cachemgr import` the bundle here"
+    )
 
 
 class DaemonState:
@@ -92,20 +102,25 @@ class DaemonState:
         task.add_done_callback(self.background.discard)
         return task
 
-    async def resolve(self, text: str) -> Resolved:
-        """The model for ``text``, fetching it once however many callers ask at once."""
+    async def resolve(self, text: str, offline: bool = False) -> Resolved:
+        """The model for ``text``, fetching it once however many callers ask at once; a miss is an
+        OfflineMissError if the daemon is offline or the client asked for an ``offline`` answer."""
         resolved = self.hits.lookup(text)
         if resolved is not None:
             self.metrics.hits += 1
             return resolved
-        resolved = await self._resolve(text)
+        try:
+            resolved = await self._resolve(text, offline)
+        except CachemgrError as err:
+            logs.resolve_failed(log, text, err)
+            raise
         self.hits.remember(text, resolved)
         return resolved
 
     def served(self) -> None:
         self.metrics.hits += 1
 
-    async def _resolve(self, text: str) -> Resolved:
+    async def _resolve(self, text: str, offline: bool = False) -> Resolved:
         handle = parse_handle(text)
         ref = self.index.lookup(text)
         refresh = False
@@ -119,6 +134,8 @@ class DaemonState:
         if ref is None:
             if self.settings.offline:
                 raise offline_miss(text)
+            if offline:
+                raise client_offline_miss(text)
             key = handle.canonical
             task = self.inflight.get(key)
             self.metrics.misses += 1
@@ -150,12 +167,14 @@ class DaemonState:
 
     async def _fetch(self, text: str, refresh: bool = False) -> PullResult:
         marker = self.store.new_temp("inflight")  # a concurrent prune keeps refs written while it exists
+        started = time.monotonic()
         try:
             result = await self.puller.pull_one(text, self.session, refresh)
         except CachemgrError as err:
-            return PullResult(text, "failed", error=err)
+            result = PullResult(text, "failed", error=err)
         finally:
             remove_quietly(marker)
+        logs.fetch_done(log, text, result, time.monotonic() - started)
         if result.ref is not None and result.ref.archive_size:
             self.metrics.upstream_bytes += result.ref.archive_size
         return result

@@ -30,9 +30,11 @@ from cachemgr.errors import CachemgrError
 from cachemgr.settings import Settings
 from cachemgr.store.objects import open_store
 from cachemgr.store.refs import RefIndex
+from cachemgrd import logs
 from cachemgrd.app import Handler, create_app
 from cachemgrd.counters import CounterSlot, SharedCounters
 from cachemgrd.forward import Forwarder
+from cachemgrd.frontdoor import FrontDoor, is_tcp
 from cachemgrd.gc_freeze import freeze_startup_objects
 from cachemgrd.hitpath import HitPath, Resolved
 from cachemgrd.listeners import LISTEN_BACKLOG
@@ -88,7 +90,7 @@ class WorkerState:
         self.slot = slot
         self.hits = HitPath(self.store, self.index)
 
-    async def resolve(self, text: str) -> Resolved:
+    async def resolve(self, text: str, offline: bool = False) -> Resolved:
         resolved = self.hits.lookup(text)
         if resolved is None:
             raise ForwardToPrimary(text)
@@ -120,7 +122,8 @@ def forwarding_middleware(slot: CounterSlot, forward: Handler,
     return middleware
 
 
-async def stop_accepting(runner: web.AppRunner, spoken: weakref.WeakSet[asyncio.BaseTransport]) -> None:
+async def stop_accepting(runner: web.AppRunner, spoken: weakref.WeakSet[asyncio.BaseTransport],
+                         door: FrontDoor) -> None:
     """Close our listening sockets, then wait until each connection we accepted has brought its
     first request (or closed). Connections still queued go to the other processes; but aiohttp's
     shutdown closes every connection with no request in progress, and one we accepted whose request
@@ -136,7 +139,7 @@ async def stop_accepting(runner: web.AppRunner, spoken: weakref.WeakSet[asyncio.
         # Sleep first: connections accepted just before the sockets closed are registered
         # with the server one or two loop iterations later.
         await asyncio.sleep(0.05)
-        if all(c.transport is None or c.transport in spoken for c in server.connections):
+        if all(c.transport is None or c.transport in spoken for c in server.connections + door.connections()):
             return
 
 
@@ -153,10 +156,15 @@ async def serve(spec: WorkerSpec, control: int) -> None:
     state = WorkerState(spec.settings, slot)
     spoken: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
     app = create_app(state, forward, forwarding_middleware(slot, forward, spoken))
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT, **logs.runner_options())
     await runner.setup()
+    door = FrontDoor(spec.settings)
     for fd in spec.fds:
-        await web.SockSite(runner, socket.socket(fileno=fd), backlog=LISTEN_BACKLOG).start()
+        sock = socket.socket(fileno=fd)
+        if is_tcp(sock):  # client_timeout and max_peer_connections, counted in this worker (frontdoor.py)
+            await door.serve(runner, sock, LISTEN_BACKLOG)
+        else:
+            await web.SockSite(runner, sock, backlog=LISTEN_BACKLOG).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -180,16 +188,16 @@ async def serve(spec: WorkerSpec, control: int) -> None:
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
     await stop.wait()
-    await stop_accepting(runner, spoken)
+    await stop_accepting(runner, spoken, door)
+    await door.shutdown(DRAIN_TIMEOUT)
     await runner.cleanup()
     await forwarder.close()
     counters.close()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format=f"cachemgrd[worker {os.getpid()}]: %(levelname)s %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     spec = read_spec(sys.stdin.buffer)
+    logs.configure(spec.settings, worker=True)
     asyncio.run(serve(spec, sys.stdin.fileno()))
 
 

@@ -32,18 +32,20 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, home: Path, env: dict[str, str], *args: str, sock: Path | None = None,
-                 listen: str | None = None, wrap: Sequence[str] = (), rundir: Path | None = None) -> None:
+                 listen: str | None = None, wrap: Sequence[str] = (), rundir: Path | None = None,
+                 daemon_args: Sequence[str] = ()) -> None:
         """``wrap`` prefixes the command (``nsenter ... --``: run it on a node of the GlusterFS bed,
         which execs, so ``proc.pid`` is the daemon's); ``rundir`` holds the socket, ready file and
         log instead of ``home.parent`` (a node's local disk when ``home`` is on a volume this
-        process has not mounted there)."""
+        process has not mounted there). ``args`` go before ``daemon`` (global options),
+        ``daemon_args`` after it (``--log-format json``)."""
         self.home = home
         run = rundir or home.parent
         self.sock = sock or run / f"d-{home.name}.sock"
         self.listen = listen
         self.ready = run / f"ready-{home.name}-{time.monotonic_ns()}"
         self.env = {**env, "CACHEMGR_HOME": str(home)}
-        cmd = [*wrap, sys.executable, "-m", "cachemgr", *args, "daemon", "--socket", str(self.sock),
+        cmd = [*wrap, sys.executable, "-m", "cachemgr", *args, "daemon", *daemon_args, "--socket", str(self.sock),
                "--ready-file", str(self.ready)]
         if listen:
             cmd += ["--listen", listen]
