@@ -22,6 +22,7 @@ import os
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ from cachemgr.ingest.publish import record_model
 from cachemgr.ingest.unpack import IngestResult
 from cachemgr.oci.pull import pull_from_registry
 from cachemgr.settings import Settings
+from cachemgr.store.aio import StoreIO
 from cachemgr.store.fs import remove_quietly
 from cachemgr.store.manifest import Limits, Manifest, is_digest, parse_manifest
 from cachemgr.store.objects import Store
@@ -94,26 +96,36 @@ def parse_upstream_ref(doc: Any, base: str) -> UpstreamRef:
 
 
 async def _fetch_blob_checked(session: aiohttp.ClientSession, store: Store, up: Attempt, digest: str,
-                              size: int) -> None:
+                              size: int, io: StoreIO) -> None:
     """One blob, verified; a corrupt arrival is asked for once more with ``no-cache``."""
     try:
-        await _fetch_blob(session, store, up, digest, size, {})
+        await _fetch_blob(session, store, up, digest, size, {}, io)
     except IntegrityError as exc:
         log.warning("upstream %s: blob %s arrived corrupt (%s); asking again with Cache-Control: no-cache",
                     up.describe(), digest, exc)
-        await _fetch_blob(session, store, up, digest, size, NO_CACHE)
+        await _fetch_blob(session, store, up, digest, size, NO_CACHE, io)
+
+
+def _stage(store: Store) -> tuple[Path, int]:
+    """A fresh staging directory and its ``blob`` file, open for writing (in a store thread)."""
+    staging = store.new_temp("upblob")
+    try:
+        return staging, os.open(staging / "blob", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    except OSError:
+        remove_quietly(staging)
+        raise
 
 
 async def _fetch_blob(session: aiohttp.ClientSession, store: Store, up: Attempt, digest: str, size: int,
-                      headers: dict[str, str]) -> None:
-    """Fetch one blob of ``size`` bytes (the manifest's word); more or fewer bytes are refused."""
+                      headers: dict[str, str], io: StoreIO) -> None:
+    """Fetch one blob of ``size`` bytes (the manifest's word); more or fewer bytes are refused.
+    Every write is a store call in a thread (``io``), never on the event loop."""
     base = up.url
-    staging = store.new_temp("upblob")
+    staging, fd = await io.run(_stage, store, what=f"stage blob {digest}")
     try:
         target = staging / "blob"
         sha = hashlib.sha256()
         got = 0
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             async with session.get(f"{base}/v1/blobs/{digest}", proxy=up.proxy, headers=headers,
                                    timeout=_TIMEOUT) as resp:
@@ -123,22 +135,38 @@ async def _fetch_blob(session: aiohttp.ClientSession, store: Store, up: Attempt,
                     if got > size:
                         break
                     sha.update(chunk)
-                    os.write(fd, chunk)
+                    await io.run(os.write, fd, chunk, what=f"write blob {digest}")
         finally:
-            os.close(fd)
+            await io.run(os.close, fd, what=f"close blob {digest}")
         if got != size:
             raise IntegrityError(f"upstream {base}: blob {digest} arrived with {'more than ' if got > size else ''}"
                                  f"{got} bytes, but its manifest says {size}; the upstream is broken or hostile")
         if sha.hexdigest() != digest:
             raise IntegrityError(f"upstream {base}: blob {digest} arrived with sha256 {sha.hexdigest()}; "
                                  "the upstream store is corrupt, run cachemgr verify there")
-        store.adopt_blob(target, digest)
+        await io.run(store.adopt_blob, target, digest, what=f"adopt blob {digest}")
     finally:
-        remove_quietly(staging)
+        await io.run(remove_quietly, staging, what=f"remove the staging of blob {digest}")
+
+
+def _publish(store: Store, handle: Handle, manifest: Manifest, new_blobs: int, new_bytes: int,
+             base: str, upstream_ref: UpstreamRef) -> Ref:
+    """Manifest, snapshot, ref and view links of a model whose blobs are all here (in a store thread)."""
+    store.write_manifest(manifest)
+    snapshot = store.materialize(manifest)
+    result = IngestResult(manifest, upstream_ref.manifest, snapshot, None, new_blobs, new_bytes)
+    return record_model(store, handle, result, source=f"upstream {base}", url=upstream_ref.url,
+                        chain=list(upstream_ref.aliases), etag=upstream_ref.etag,
+                        x_goog_hash=upstream_ref.x_goog_hash, archive_size=upstream_ref.archive_size)
+
+
+def _missing(store: Store, digests: list[str]) -> list[str]:
+    return sorted(d for d in digests if not store.has_blob(d))
 
 
 async def fetch_from_upstream(
-    settings: Settings, store: Store, session: aiohttp.ClientSession, up: Attempt, handle: Handle
+    settings: Settings, store: Store, session: aiohttp.ClientSession, up: Attempt, handle: Handle,
+    io: StoreIO | None = None,
 ) -> Ref | None:
     """Copy ``handle`` from the daemon at ``up.url`` (through ``up.proxy``); None if it does not have it."""
     base = up.url
@@ -150,21 +178,17 @@ async def fetch_from_upstream(
     digest = upstream_ref.manifest
     manifest = await _fetch_manifest(session, up, digest, Limits.of(settings))
     sizes = {f.sha256: f.size for f in manifest.files}
-    missing = sorted(d for d in sizes if not store.has_blob(d))
+    store_io = io or StoreIO(settings.stuck_io_after)
+    missing = await store_io.run(_missing, store, list(sizes), what=f"look for the blobs of {handle.asked}")
     sem = asyncio.Semaphore(4)
 
     async def one(d: str) -> None:
         async with sem:
-            await _fetch_blob_checked(session, store, up, d, sizes[d])
+            await _fetch_blob_checked(session, store, up, d, sizes[d], store_io)
 
     await asyncio.gather(*(one(d) for d in missing))
-    store.write_manifest(manifest)
-    snapshot = store.materialize(manifest)
-    result = IngestResult(manifest, digest, snapshot, None, len(missing),
-                          sum(sizes[d] for d in missing))
-    return record_model(store, handle, result, source=f"upstream {base}", url=upstream_ref.url,
-                        chain=list(upstream_ref.aliases), etag=upstream_ref.etag,
-                        x_goog_hash=upstream_ref.x_goog_hash, archive_size=upstream_ref.archive_size)
+    return await store_io.run(_publish, store, handle, manifest, len(missing), sum(sizes[d] for d in missing),
+                              base, upstream_ref, what=f"publish {handle.asked} from upstream {base}")
 
 
 async def _fetch_manifest(session: aiohttp.ClientSession, up: Attempt, digest: str, limits: Limits) -> Manifest:
@@ -193,7 +217,8 @@ async def _fetch_manifest(session: aiohttp.ClientSession, up: Attempt, digest: s
 
 
 async def fetch_from_one(
-    settings: Settings, store: Store, session: aiohttp.ClientSession, up: Attempt, handle: Handle
+    settings: Settings, store: Store, session: aiohttp.ClientSession, up: Attempt, handle: Handle,
+    io: StoreIO | None = None,
 ) -> Ref | None:
     """Copy ``handle`` from one upstream, by its URL's scheme; None if it does not have it.
 
@@ -201,7 +226,7 @@ async def fetch_from_one(
     OCI registry holding the models ``cachemgr push`` put there (``oci.pull.pull_from_registry``).
     """
     if up.url.startswith(("http://", "https://")):
-        return await fetch_from_upstream(settings, store, session, up, handle)
+        return await fetch_from_upstream(settings, store, session, up, handle, io)
     if up.url.startswith("oci://"):  # a registry of ModelPack artifacts (cachemgr/oci/pull.py)
         got = await pull_from_registry(settings, store, session, up.url, handle.asked)
         return got.ref if got is not None else None
@@ -214,7 +239,7 @@ _DEAD = (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, Cache
 
 async def fetch_from_upstreams(
     settings: Settings, store: Store, session: aiohttp.ClientSession, handle: Handle,
-    failover: Failover | None = None,
+    failover: Failover | None = None, io: StoreIO | None = None,
 ) -> Ref | None:
     """Try the upstreams in ``failover``'s plan (random within a group, then the next group,
     dead ones skipped); the first that has the model wins. ``failover`` is the process's memory
@@ -226,7 +251,7 @@ async def fetch_from_upstreams(
     for up in plan:
         log.info("trying upstream %s for %s", up.describe(), handle.asked)
         try:
-            ref = await fetch_from_one(settings, store, session, up, handle)
+            ref = await fetch_from_one(settings, store, session, up, handle, io)
         except _DEAD as exc:
             backoff = failover.failed(up.url, time.monotonic())
             log.warning("upstream %s failed for %s: %s; skipped for %.0f s; it was %s, trying the next",
