@@ -20,6 +20,7 @@ from tests.support.env import BASE_ENV
 from tests.support.gluster import GlusterBed
 from tests.support.origin import FakeOrigin
 from tests.support.suite import Archives, Models, build_archives, build_models
+from tests.support.users import Site, ensure_users, site_env
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +86,10 @@ def shared_store(gluster_bed: GlusterBed, origin: FakeOrigin) -> Iterator[Callab
     yield make
     for store in made:
         store.stop_daemons()
+
+@pytest.fixture
+def site(origin: FakeOrigin) -> Iterator[Site]:
+    """Real users alice and bob (group cmgr-share) and eve, a shared setgid directory for the store (users.py)."""
+    shared = Site(ensure_users(), site_env(origin.mirrors))
+    yield shared
+    shared.close()

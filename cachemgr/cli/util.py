@@ -23,6 +23,7 @@ from cachemgr.errors import CachemgrError, ConfigError, StoreError, UsageError
 from cachemgr.settings import Settings, load_settings
 from cachemgr.store.fs import NO_SPACE, disk_error
 from cachemgr.store.objects import open_store
+from cachemgr.store.perms import DENIED
 from cachemgr.units import parse_duration, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,7 +52,7 @@ def os_error(exc: OSError) -> StoreError:
     where = exc.filename or "a file"
     if exc.filename2:
         where = f"{exc.filename} -> {exc.filename2}"
-    if exc.errno in NO_SPACE:
+    if exc.errno in NO_SPACE | DENIED:  # whose the path is and how to share it (store/perms.py)
         return disk_error(exc, where)
     return StoreError(f"{where}: {exc.strerror or exc}; check that it exists, that there is space, and that "
                       "this user may read and write it (owner, group, mode)")

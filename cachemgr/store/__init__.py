@@ -12,5 +12,6 @@ pins.py        pin records (GC roots) under ``pins/``
 usage.py       last-use records under ``uses/``
 quarantine.py  corrupt content moved aside under ``quarantine/``
 fs.py          unique temps, atomic publish, stale-temp cleanup, disk errors
+perms.py       the mode policy (a setgid home is shared by its group), permission checks and errors
 aio.py         store calls from an event loop, in threads, and the calls stuck too long
 """

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from cachemgr.errors import NoSpaceError, StoreError
+from cachemgr.store.perms import DENIED, FILE, READ_ONLY, permission_error
 from cachemgr.store.usage import host_tag
 
 
@@ -57,22 +58,24 @@ def disk_error(exc: OSError, what: Path | str) -> StoreError:
             f"{full} while writing {what}; free space (e.g. cachemgr prune) "
             "or move CACHEMGR_HOME to a larger disk"
         )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in DENIED:
+        return permission_error(exc, what)
+    if exc.errno == errno.EROFS:
         return StoreError(f"cannot write {what}: {exc.strerror}; check permissions of CACHEMGR_HOME")
     return StoreError(f"cannot write {what}: {exc.strerror or exc}")
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = FILE) -> None:
     """Write ``data`` to a unique temp file in ``tmp_dir``, fsync, and rename over ``path``."""
     tmp = tmp_dir / unique_name("w")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             os.write(fd, data)
+            os.fchmod(fd, mode)  # the mode asked for, whatever the umask (perms.py)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
         remove_quietly(tmp)
@@ -121,7 +124,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
         shutil.copyfile(src, dst)
-        os.chmod(dst, 0o444)
+        os.chmod(dst, READ_ONLY)
 
 
 def remove_quietly(path: Path) -> None:

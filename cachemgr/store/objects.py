@@ -14,10 +14,14 @@ Layout under HOME (``Store`` has an attribute or method for each)::
     quarantine/                   corrupt content moved aside (quarantine.py)
     scrub-state.json              progress of a resumable scrub (lifecycle/scrub_state.py)
     tmp/                          private temps: kind.host.pid.uuid
+
+Modes (perms.py): a store whose home is setgid is shared by its group (directories 2775),
+else private (0755); files are 0644 or 0444 whatever the umask.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -28,10 +32,22 @@ from cachemgr.errors import NoStoreError, StoreError, UnsafeManifestError
 from cachemgr.settings import Settings
 from cachemgr.store.fs import atomic_write, clean_stale_temps, disk_error, link_or_copy, remove_quietly, unique_name
 from cachemgr.store.manifest import Manifest, check_manifest
+from cachemgr.store.perms import (
+    READ_ONLY,
+    Modes,
+    check_not_world_writable,
+    check_writable,
+    make_dir,
+    make_dirs,
+    make_home,
+    modes_of,
+)
 from cachemgr.store.usage import hub_key, uses_dir
 
 STORE_FORMAT = 1
-_SUBDIRS = ("blobs/sha256", "manifests/sha256", "snapshots", "refs", "aliases", "view", "tmp")
+# Every directory a writer may need, made up front with the store's modes (nodes/ and leases/ are cluster/'s).
+_SUBDIRS = ("blobs/sha256", "manifests/sha256", "snapshots", "refs", "aliases", "view", "tmp", "pins", "uses",
+            "quarantine", "nodes", "leases")
 
 
 class Store:
@@ -50,6 +66,25 @@ class Store:
         self.uses = uses_dir(home)
         self.quarantine = home / "quarantine"
         self.scrub_state = home / "scrub-state.json"
+        self._modes: Modes | None = None
+
+    @property
+    def modes(self) -> Modes:
+        """The mode policy of this store (shared by a group or private; perms.py), read once."""
+        if self._modes is None:
+            self._modes = modes_of(self.home)
+        return self._modes
+
+    def layout_dirs(self) -> list[Path]:
+        """HOME and the fixed directories of the layout (what the permission checks look at)."""
+        return [self.home, *(self.home / sub for sub in _SUBDIRS), self.home / "blobs", self.home / "manifests"]
+
+    def check_permissions(self, *, writing: bool) -> None:
+        """Refuse a world-writable store directory; for a writer, one this user may not write."""
+        for d in self.layout_dirs():
+            check_not_world_writable(d)
+        if writing:
+            check_writable(self.home, self.layout_dirs())
 
     def view_entry(self, alias: str) -> Path:
         """The view entry tensorflow_hub resolves for ``alias``: ``view/<sha1(alias)>``."""
@@ -85,13 +120,22 @@ class Store:
             )
 
     def create(self) -> None:
-        """Make the layout (idempotent, safe to race with other hosts)."""
+        """Make the layout (idempotent, safe to race with other hosts and users).
+
+        What this call makes gets the store's modes; what exists is left as it is (it may be
+        another user's). A world-writable store directory, or one this user may not write,
+        is refused (StorePermissionError) before anything is written.
+        """
+        check_not_world_writable(self.home)
         try:
+            make_home(self.home)
+            self._modes = modes_of(self.home)
+            self.check_permissions(writing=True)
             for sub in _SUBDIRS:
-                (self.home / sub).mkdir(parents=True, exist_ok=True)
+                make_dirs(self.home / sub, self.modes.dir)
         except OSError as exc:
             raise disk_error(exc, self.home) from None
-        os.chmod(self.view, 0o1777 if os.getuid() == 0 else 0o755)
+        self.check_permissions(writing=True)
         if not self.format_file().exists():
             body = json.dumps({"format": STORE_FORMAT, "kind": "cachemgr-store"}) + "\n"
             atomic_write(self.format_file(), body.encode(), self.tmp)
@@ -99,7 +143,7 @@ class Store:
 
     def new_temp(self, kind: str) -> Path:
         path = self.tmp / unique_name(kind)
-        path.mkdir()
+        make_dir(path, self.modes.dir)
         return path
 
     @contextmanager
@@ -128,7 +172,8 @@ class Store:
         blob = self.blob_path(digest)
         if blob.exists() and self._link_existing(blob, staged):
             return False
-        blob.parent.mkdir(exist_ok=True)
+        make_dir(blob.parent, self.modes.dir)
+        os.chmod(staged, READ_ONLY)  # whoever staged it, under whatever umask: readable by all, by nobody writable
         try:
             os.link(staged, blob)
         except FileExistsError:
@@ -189,8 +234,15 @@ class Store:
         return self.snapshots / digest
 
     def publish_snapshot(self, tree: Path, digest: str) -> Path:
-        """Rename the finished ``tree`` to ``snapshots/<digest>``; an existing one wins."""
+        """Rename the finished ``tree`` to ``snapshots/<digest>``; an existing one wins.
+
+        The tree's directories get the store's mode first, whoever made them under whatever
+        umask: a group member must be able to prune the snapshot (rename and empty it).
+        """
         dest = self.snapshot_path(digest)
+        if not dest.is_dir():
+            for root, _dirs, _files in os.walk(tree):
+                os.chmod(root, self.modes.dir)
         for _attempt in range(3):
             if dest.is_dir():
                 try:
@@ -224,9 +276,10 @@ class Store:
         staging = self.new_temp("snap")
         try:
             tree = staging / "tree"
-            tree.mkdir()
+            make_dir(tree, self.modes.dir)
             for d in sorted(manifest.dirs):  # parents first; the tree is ours, so no link can be in it
-                _inside(tree, d).mkdir()
+                if not make_dir(_inside(tree, d), self.modes.dir):
+                    raise FileExistsError(errno.EEXIST, "listed twice", str(_inside(tree, d)))
             for f in manifest.files:
                 blob = self.blob_path(f.sha256)
                 size = blob.stat().st_size
@@ -251,6 +304,7 @@ def open_store(settings: Settings, *, create: bool = True, missing_ok: bool = Fa
         store.create()
     elif store.exists() or not missing_ok:
         store.check_format()  # a missing store raises NoStoreError with the fix
+        store.check_permissions(writing=False)
     if clean and store.exists():
         clean_stale_temps(store.tmp, settings.temp_grace)
     return store

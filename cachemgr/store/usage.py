@@ -14,6 +14,8 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+from cachemgr.store.perms import FILE
+
 
 def host_tag() -> str:
     """This host's name as it appears in temp, use and lock file names (no dots, no slashes)."""
@@ -36,14 +38,24 @@ def record_use(home: Path, view_name: str, when: float | None = None) -> None:
     try:
         os.utime(path, times)
     except FileNotFoundError:
-        try:
-            path.parent.mkdir(exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
-            os.utime(path, times)
-        except OSError:
-            pass  # recording use must never break loading a model
+        _new_record(path, path, times)
+    except PermissionError:  # another user's record (a shared store): ours replaces it, uses/ is the group's
+        _new_record(path.with_name(f".{path.name}.{os.getpid()}"), path, times)
     except OSError:
         pass
+
+
+def _new_record(made: Path, path: Path, times: tuple[float, float] | None) -> None:
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(made, os.O_WRONLY | os.O_CREAT, FILE)
+        os.fchmod(fd, FILE)  # readable by all whatever the umask (perms.py)
+        os.close(fd)
+        os.utime(made, times)
+        if made != path:
+            os.replace(made, path)
+    except OSError:
+        pass  # recording use must never break loading a model
 
 
 def record_handle_use(home: Path, alias: str, when: float | None = None) -> None:
