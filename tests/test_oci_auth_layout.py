@@ -182,3 +182,20 @@ def test_bearer_token_flow_with_the_realm_on_another_host(src: Cli, tmp_path: Pa
         r = fresh("pull", f"{reg.url('tok')}/google/mymul:1", "--json")
         assert r.code == 0, r.err
         assert json.loads(r.out)["results"][0]["canonical"] == MYMUL
+
+
+def test_layout_import_dry_run_writes_nothing_and_a_second_import_changes_nothing(src: Cli, tmp_path: Path) -> None:
+    layout = _layout(src, tmp_path, "plain")
+    fresh = Cli(tmp_path / "home-plain", src.env)
+    r = fresh("import", "--dry-run", str(layout))
+    assert r.code == 0 and "would import" in r.out and "1 added" in r.out, (r.out, r.err)
+    assert not fresh.home.exists()
+    r = fresh("import", str(layout), "--json")
+    assert r.code == 0, r.err
+    first = json.loads(r.out)["results"][0]
+    assert first["added"] == [MYMUL] and first["blobs_added"] == first["blobs_verified"] > 0
+    r = fresh("import", str(layout), "--json")
+    again = json.loads(r.out)["results"][0]
+    assert r.code == 0 and again["unchanged"] == [MYMUL] and again["blobs_added"] == 0
+    assert json.loads(fresh("info", MYMUL, "--json").out)["manifest"] == json.loads(src("info", MYMUL, "--json").out)[
+        "manifest"]
