@@ -16,7 +16,7 @@ FIX = f"out of service: run `cachemgr verify --repair` or `cachemgr pull --refre
 def blob_of(cli: Cli, home: Path, handle: str, name: str) -> Path:
     digest = json.loads(cli("info", handle, "--json").out)["manifest"]
     doc = json.loads((home / "manifests" / "sha256" / f"{digest}.json").read_bytes())
-    sha = next(f[3] for f in doc["files"] if f[0] == name)
+    sha = str(next(f[3] for f in doc["files"] if f[0] == name))
     return home / "blobs" / "sha256" / sha[:2] / sha
 
 
