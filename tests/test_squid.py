@@ -163,3 +163,43 @@ def test_the_site_killed_mid_transfer_nodes_fail_over_to_the_next_group(
     check_nodes(tmp_path, nodes, site2.base)
     log = nodes[0].output()
     assert f"upstream {site1.base} failed" in log and "trying the next" in log, log[-3000:]
+
+
+def cached_copy(squid: Squid, blob: bytes) -> tuple[Path, int] | None:
+    """Squid's file holding ``blob`` (its body is the file's tail) and the body's offset there."""
+    for f in (squid.root / "cache").rglob("*"):
+        if f.is_file() and f.stat().st_size >= len(blob):
+            data = f.read_bytes()
+            if data.endswith(blob):
+                return f, len(data) - len(blob)
+    return None
+
+
+def test_a_corrupt_cached_copy_is_fetched_again_with_no_cache(models: Models, tmp_path: Path,
+                                                               daemons: list[Daemon]) -> None:
+    the_site = site(daemons, tmp_path, "site", models.text_v1)
+    digest, size = max(blobs_of(the_site.home).items(), key=lambda kv: kv[1])
+    blob = next(p for p in (the_site.home / "blobs").rglob(digest)).read_bytes()
+    with Squid(extra=["cache_mem 0 MB"]) as squid:  # every hit from disk, where the test corrupts it
+        env = {**base_env(tmp_path), "CACHEMGR_UPSTREAMS": the_site.base, "CACHEMGR_PROXY": squid.url}
+        first = start(daemons, tmp_path / "first", env)
+        first.wait_ready()
+        assert first.call("POST", "/v1/resolve", {"handle": HANDLE})[0] == 200
+        assert wait_for(lambda: cached_copy(squid, blob) is not None, 30), "Squid did not store the blob on disk"
+        found = cached_copy(squid, blob)
+        assert found is not None
+        path, offset = found
+        with path.open("r+b") as fh:  # one byte of the body flipped in Squid's cache
+            fh.seek(offset + size // 2)
+            byte = fh.read(1)
+            fh.seek(offset + size // 2)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        second = start(daemons, tmp_path / "second", env)
+        second.wait_ready()
+        code, doc = second.call("POST", "/v1/resolve", {"handle": HANDLE})
+        assert code == 200, doc
+        assert "arrived corrupt" in second.output() and "no-cache" in second.output(), second.output()[-3000:]
+        assert sent(the_site)[digest] == 2, "the site should have sent the blob again, once"
+        codes = [line.split()[3] for line in squid.access_lines() if f"/v1/blobs/{digest}" in line]
+        assert codes == ["TCP_MISS/200", "TCP_HIT/200", "TCP_MISS/200"], codes  # the retry went past the cache
+    check_nodes(tmp_path, [second], the_site.base)
