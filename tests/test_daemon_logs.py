@@ -1,11 +1,14 @@
-"""The daemon logs its work (issue 13): one line per fetch, failed resolve and mirror serve, as text
-or as JSON lines (``--log-format json``), at ``--log-level``; the primary and its workers alike."""
+"""The daemon logs its work (issue 13): one line per fetch, failed resolve, mirror serve, prune and
+scrub, as text or as JSON lines (``--log-format json``), at ``--log-level``; the primary and its
+workers alike."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import Cli
-from tests.support.daemons import Daemon, free_port, http
+from tests.support.daemons import Daemon, free_port, http, wait_for
 from tests.support.origin import FakeOrigin
 from tests.support.suite import Archives
 
@@ -129,3 +132,23 @@ def test_bad_log_options_are_usage_errors(cli: Cli) -> None:
     assert r.code == 2 and "--log-format" in r.err and "text" in r.err and "json" in r.err, r.err
     r = cli("daemon", "--help")
     assert r.code == 0 and "--log-level" in r.out and "--log-format" in r.out and "CACHEMGR_LOG_FORMAT" in r.out
+
+
+def test_json_lines_for_the_daemons_prune_and_scrub(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
+    assert cli("pull", TFHUB).code == 0
+    (ref_path,) = (home / "refs").glob("*.json")  # pulled a day ago and never used since
+    doc = json.loads(ref_path.read_text())
+    doc["fetched_at"] = time.time() - 86400
+    ref_path.write_text(json.dumps(doc))
+    os.utime(ref_path, (time.time() - 86400,) * 2)
+    d = start(daemons, cli, home, "--log-format", "json", env={
+        "CACHEMGR_PRUNE_UNUSED_FOR": "1h", "CACHEMGR_PRUNE_GRACE": "0s", "CACHEMGR_SCRUB_RATE": "100M"})
+    assert wait_for(lambda: '"event": "prune"' in d.output() and '"event": "scrub"' in d.output(), 60), d.output()
+    d.stop()
+    lines = json_lines(d)
+    prune = only(lines, event="prune")
+    assert prune["evicted"] == [TFHUB] and prune["freed_bytes"] > 0 and prune["removed"]["blobs"] > 0, prune
+    assert prune["logger"] == "cachemgr.lifecycle.prune_exec" and prune["level"] == "info"
+    scrub = [x for x in lines if x.get("event") == "scrub"]
+    assert scrub and scrub[0]["logger"] == "cachemgr.lifecycle.scrub" and scrub[0]["problems"] == 0, scrub
+    assert isinstance(scrub[0]["blobs"], int) and isinstance(scrub[0]["partial"], bool)

@@ -14,6 +14,7 @@ Freed bytes are counted when the last link of a file goes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from cachemgr.store.objects import Store
 from cachemgr.store.pins import read_pins
 from cachemgr.store.refs import key_of
 from cachemgr.store.view import hub_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -211,6 +214,7 @@ def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> Prun
     taken_at = plan.taken_at
     if plan.is_empty():
         return result
+    started = time.monotonic()
     total = len(plan.evict) + len(plan.snapshots) + len(plan.manifests) + len(plan.blobs) + len(plan.temps)
     done = 0
 
@@ -274,6 +278,11 @@ def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> Prun
                 continue
     finally:
         _empty(trash, result)
+    seconds = time.monotonic() - started
+    log.info("prune: %d model(s) evicted, %d bytes freed in %.2f s (removed %d snapshots, %d manifests, %d blobs, "
+             "%d temps; %d restored, %d skipped)", len(result.evicted), result.freed_bytes, seconds, result.snapshots,
+             result.manifests, result.blobs, result.temps, result.restored, len(result.skipped),
+             extra={"event": "prune", "seconds": round(seconds, 3), **result.to_json()})
     return result
 
 

@@ -7,6 +7,7 @@ background scrub: rate-limited, resumable and time-boxed.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from cachemgr.lifecycle.contain import contain
@@ -15,6 +16,8 @@ from cachemgr.lifecycle.repair import repair
 from cachemgr.lifecycle.verify import VerifyOptions, check_store
 from cachemgr.settings import Settings
 from cachemgr.store.objects import Store
+
+log = logging.getLogger(__name__)
 
 
 def run_verify(settings: Settings, store: Store, options: VerifyOptions) -> VerifyReport:
@@ -30,4 +33,9 @@ def run_verify(settings: Settings, store: Store, options: VerifyOptions) -> Veri
 def scrub(settings: Settings, store: Store, repair: bool = False) -> VerifyReport:
     """One slice of the daemon's background scrub: rate-limited, resumable, time-boxed."""
     options = VerifyOptions(repair=repair, max_duration=settings.scrub_max_duration, rate=settings.scrub_rate)
-    return run_verify(settings, store, options)
+    report = run_verify(settings, store, options)
+    log.info("scrub: %d blobs, %d bytes checked in %.1f s, %d problem(s)%s", report.blobs, report.bytes,
+             report.seconds, len(report.problems), " (partial, continues next time)" if report.partial else "",
+             extra={"event": "scrub", "blobs": report.blobs, "bytes": report.bytes,
+                    "seconds": round(report.seconds, 3), "problems": len(report.problems), "partial": report.partial})
+    return report
