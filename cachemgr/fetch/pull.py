@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from cachemgr.oci.pull import pull_reference
 from cachemgr.oci.reference import is_oci
 from cachemgr.progress import Bars
 from cachemgr.settings import Settings
+from cachemgr.store.aio import StoreIO
 from cachemgr.store.manifest import Limits
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
@@ -67,9 +69,10 @@ def offline_miss(text: str) -> OfflineMissError:
 
 
 class Puller:
-    def __init__(self, settings: Settings, store: Store, bars: Bars | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, bars: Bars | None = None, io: StoreIO | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.io = io or StoreIO(settings.stuck_io_after)  # the loop's store calls (the daemon passes its own)
         self.index = RefIndex(store)
         self.bars = bars or Bars(False)
         self.pool = concurrent.futures.ThreadPoolExecutor(
@@ -99,18 +102,19 @@ class Puller:
         if is_oci(text):  # an artifact reference: oci://HOST[:PORT]/REPO:TAG
             return await self._pull_oci(text, session)
         handle = parse_handle(text)
-        existing = self.index.lookup(text)
+        existing = await self.io.run(self.index.lookup, text, what=f"look up {text}")
         if existing is not None and not refresh:
-            present = self._present(existing, handle)
+            present = await self.io.run(self._present, existing, handle, what=f"relink {text}")
             if present is not None:
                 return PullResult(text, "present", present)
             existing = None  # pruned while we looked: fetch it again
         if self.settings.offline or session is None:
             if existing is not None:
-                return PullResult(text, "present", relink(self.store, existing, handle))
+                relinked = await self.io.run(relink, self.store, existing, handle, what=f"relink {text}")
+                return PullResult(text, "present", relinked)
             raise offline_miss(text)
         if self.settings.upstreams:
-            ref = await fetch_from_upstreams(self.settings, self.store, session, handle)
+            ref = await fetch_from_upstreams(self.settings, self.store, session, handle, io=self.io)
             if ref is not None:
                 return PullResult(text, "pulled", ref)
         return await self._download(handle, session)
@@ -162,10 +166,10 @@ class Puller:
             await pipe.finish()
         result = await job
         assert info is not None
-        ref = record_model(
-            self.store, handle, result, source="pull", url=info.url, chain=info.chain,
+        ref = await self.io.run(functools.partial(
+            record_model, self.store, handle, result, source="pull", url=info.url, chain=info.chain,
             etag=info.etag, x_goog_hash=info.x_goog_hash, archive_size=info.size,
-        )
+        ), what=f"publish {handle.asked}")
         return PullResult(handle.asked, "pulled", ref, None, result.new_blobs, result.new_bytes,
                           info.resumes)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -20,18 +19,19 @@ from cachemgr import __version__
 from cachemgr.errors import CachemgrError, FetchError, HandleError, NotCachedError
 from cachemgr.handles import parse_handle
 from cachemgr.settings import Settings
+from cachemgr.store.aio import StoreIO
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
-from cachemgr.store.usage import record_handle_use
 from cachemgrd.forward import VIA_HEADER, client_is_tcp
 from cachemgrd.frontdoor import body_deadline
-from cachemgrd.hitpath import Resolved
+from cachemgrd.hitpath import Resolved, mark_used
 from cachemgrd.httperrors import error_response, plain_error
 from cachemgrd.immutable import SHORT_LIVED, serve_immutable
 from cachemgrd.logs import MIRRORED
 from cachemgrd.metrics import render
 from cachemgrd.mirror_tar import gzip_chunks, tar_chunks, tar_size
 from cachemgrd.state import DaemonState
+from cachemgrd.storeio import health_doc
 
 log = logging.getLogger("cachemgrd")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -44,6 +44,7 @@ class Serving(Protocol):
     settings: Settings
     store: Store
     index: RefIndex
+    io: StoreIO  # every store call of a handler goes through it (never on the event loop)
 
     async def resolve(self, text: str, offline: bool = False) -> Resolved: ...
 
@@ -120,7 +121,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
+    """Touches no file: it answers while the store hangs, and says which store calls are stuck."""
+    base = {"version": __version__, "pid": os.getpid()}
+    return web.json_response(health_doc(request.app[STATE].io, base))
 
 
 def _worker_totals(request: web.Request) -> tuple[dict[str, int], list[int]]:
@@ -142,6 +145,7 @@ async def status(request: web.Request) -> web.Response:
         "fetches": m.fetches, "upstream_bytes": m.upstream_bytes, "errors": m.errors, "store_bytes": store_bytes,
         "store_entries": entries, "upstreams": list(state.settings.upstream_urls),
         "worker_requests": totals["requests"], "forwarded": totals["forwarded"],
+        "stuck_io": state.io.stuck(), "queued_io": state.io.queued,
     })
 
 
@@ -177,8 +181,8 @@ async def pull(request: web.Request) -> web.Response:
     return web.json_response({"results": results})
 
 
-def _ref_for(state: Serving, handle: str) -> Ref:
-    ref = state.index.lookup(handle)
+async def _ref_for(state: Serving, handle: str) -> Ref:
+    ref = await state.io.run(state.index.lookup, handle, what=f"look up {handle}")
     if ref is None:
         raise NotCachedError(f"{handle} is not in this daemon's store")
     return ref
@@ -188,7 +192,7 @@ async def _served(state: Serving, ref: Ref) -> None:
     """A model went out (a mirror tar, or a ref another daemon fetches by): it counts as a hit,
     and as a use, so that prune and du see it like a resolve (recorded in a thread)."""
     state.served()
-    await asyncio.to_thread(record_handle_use, state.store.home, ref.handle)
+    await mark_used(state.io, state.store.home, ref.handle)
 
 
 async def get_ref(request: web.Request) -> web.Response:
@@ -196,7 +200,7 @@ async def get_ref(request: web.Request) -> web.Response:
     if not handle:
         return plain_error(400, "bad_request", "give ?handle=<model handle>")
     state = request.app[STATE]
-    ref = _ref_for(state, handle)
+    ref = await _ref_for(state, handle)
     await _served(state, ref)
     return web.json_response(ref.to_json(), headers={"Cache-Control": SHORT_LIVED})
 
@@ -241,6 +245,19 @@ def _hosting_candidates(request: web.Request, path: str) -> list[str]:
     return out
 
 
+def _stored_ref(index: RefIndex, candidates: list[str]) -> Ref | None:
+    """The first candidate handle that is in the store (reads refs: in a store thread)."""
+    for candidate in candidates:
+        try:
+            parse_handle(candidate)
+        except HandleError:
+            continue
+        ref = index.lookup(candidate)
+        if ref is not None:
+            return ref
+    return None
+
+
 async def hosting(request: web.Request) -> web.StreamResponse:
     """GET /<publisher>/<model>/<version>?tf-hub-format=compressed: the model as a tar stream."""
     state = request.app[STATE]
@@ -249,17 +266,10 @@ async def hosting(request: web.Request) -> web.StreamResponse:
         return plain_error(404, "not_found", "no such model")
     if request.query.get("tf-hub-format") != "compressed":
         return plain_error(404, "not_found", "this mirror serves models with ?tf-hub-format=compressed")
-    ref = None
-    for candidate in _hosting_candidates(request, path):
-        try:
-            parse_handle(candidate)
-        except HandleError:
-            continue
-        ref = state.index.lookup(candidate)
-        if ref is not None:
-            await _served(state, ref)  # a miss below is counted, and its use recorded, by resolve
-            break
-    if ref is None:
+    ref = await state.io.run(_stored_ref, state.index, _hosting_candidates(request, path), what=f"look up /{path}")
+    if ref is not None:
+        await _served(state, ref)  # a miss below is counted, and its use recorded, by resolve
+    else:
         if state.settings.offline:
             return plain_error(404, "not_found", f"/{path} is not in this mirror's store")
         try:
@@ -270,7 +280,7 @@ async def hosting(request: web.Request) -> web.StreamResponse:
             if err.status == 404:
                 return plain_error(404, "not_found", f"/{path}: {err}")
             raise
-    manifest = state.store.read_manifest(ref.manifest)
+    manifest = await state.io.run(state.store.read_manifest, ref.manifest, what=f"read manifest {ref.manifest}")
     chunks = tar_chunks(state.store, ref.manifest, manifest)
     gz = request.query.get("compression") == "gzip"
     request[MIRRORED] = ref.handle  # logged once the tar is out (logs.ServeLog)
@@ -282,9 +292,12 @@ async def hosting(request: web.Request) -> web.StreamResponse:
         resp.content_length = tar_size(manifest)
     await resp.prepare(request)
     source = gzip_chunks(chunks) if gz else chunks
-    loop = asyncio.get_running_loop()
-    while (chunk := await loop.run_in_executor(None, next, source, None)) is not None:  # disk reads off the loop
-        await resp.write(chunk)
+    what = f"read {ref.handle} for its tar"
+    try:
+        while (chunk := await state.io.run(next, source, None, what=what)) is not None:  # disk reads off the loop
+            await resp.write(chunk)
+    finally:  # a client gone mid-tar: its open file is closed in a store thread too, not at GC on the loop
+        state.io.submit(getattr(source, "close"), what=f"close {ref.handle}'s tar")  # noqa: B009 - a generator
     await resp.write_eof()
     return resp
 

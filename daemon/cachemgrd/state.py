@@ -1,4 +1,9 @@
-"""The daemon's state: settings, store, single-flight resolves, metrics."""
+"""The daemon's state: settings, store, single-flight resolves, metrics.
+
+Nothing here touches the store on the event loop: every call goes through ``self.io`` (store
+threads, each call's start recorded, see ``cachemgr.store.aio``), so that a hung mount leaves
+health, status and the hits whose files answer still served, and the stuck call reported.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +20,21 @@ import aiohttp
 from cachemgr.errors import CachemgrError, OfflineMissError, StoreError
 from cachemgr.fetch.http import make_session
 from cachemgr.fetch.pull import Puller, PullResult, offline_miss
-from cachemgr.handles import parse_handle
+from cachemgr.handles import Handle, parse_handle
 from cachemgr.ingest.publish import relink
 from cachemgr.settings import Settings, load_settings
+from cachemgr.store.aio import StoreIO
 from cachemgr.store.fs import remove_quietly
 from cachemgr.store.objects import open_store
-from cachemgr.store.refs import RefIndex
-from cachemgr.store.usage import record_handle_use
+from cachemgr.store.refs import Ref, RefIndex
 from cachemgr.store.view import hub_key
 from cachemgrd import logs
-from cachemgrd.hitpath import HitPath, Resolved
+from cachemgrd.hitpath import HitPath, Resolved, mark_used
 from cachemgrd.metrics import Metrics, store_totals
 
 log = logging.getLogger("cachemgrd")
 RESTART_ONLY = ("home", "socket", "listen")  # bound or opened at start; SIGHUP cannot change them
+TOTALS_WAIT = 1.0  # how long status and metrics wait for a rescan of the totals before giving the last ones
 
 
 def client_offline_miss(text: str) -> OfflineMissError:
@@ -45,34 +51,51 @@ class DaemonState:
         self.env = dict(env)
         self.config_arg = config_arg
         self.settings = settings
-        self.store = open_store(settings)
+        self.store = open_store(settings)  # at start-up, before anything is served
         self.index = RefIndex(self.store)
         self.metrics = Metrics()
         self.inflight: dict[str, asyncio.Task[PullResult]] = {}
-        self.puller = Puller(settings, self.store)
+        self.io = StoreIO(settings.stuck_io_after)
+        self.puller = Puller(settings, self.store, io=self.io)
         self.session: aiohttp.ClientSession | None = None
         self.started = time.time()
         self.background: set[asyncio.Task[Any]] = set()
         self._totals: tuple[float, tuple[int, int]] = (-1e9, (0, 0))
-        self._totals_lock = asyncio.Lock()
-        self.hits = HitPath(self.store, self.index)
+        self._scan: asyncio.Task[None] | None = None
+        self.hits = HitPath(self.store, self.index, self.io)
 
     async def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
         """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent).
 
-        The scan walks every blob (a million on a big store), so it runs in a thread: hits are
-        answered meanwhile. Concurrent callers share one scan.
+        The scan walks every blob (a million on a big store), so it runs in a store thread, one
+        at a time; a caller waits for it at most TOTALS_WAIT seconds, then has the last totals:
+        status and metrics answer even while the store hangs.
         """
-        if time.monotonic() - self._totals[0] > max_age:
-            async with self._totals_lock:
-                if time.monotonic() - self._totals[0] > max_age:
-                    loop = asyncio.get_running_loop()
-                    totals = await loop.run_in_executor(None, store_totals, self.store.home)
-                    self._totals = (time.monotonic(), totals)
+        if time.monotonic() - self._totals[0] > max_age and (self._scan is None or self._scan.done()):
+            self._scan = asyncio.ensure_future(self._rescan())
+        if self._scan is not None and not self._scan.done():
+            await asyncio.wait([self._scan], timeout=TOTALS_WAIT)
         return self._totals[1]
+
+    async def _rescan(self) -> None:
+        try:
+            totals = await self.io.run(store_totals, self.store.home, what="count the store's blobs and models")
+        except OSError as err:
+            log.warning("cannot count the store's totals: %s", err)
+            return
+        self._totals = (time.monotonic(), totals)
 
     async def start(self) -> None:
         self.session = make_session(self.settings)
+        self.spawn(self._report_stuck())
+
+    async def _report_stuck(self) -> None:
+        """Log each store call once, when it has run past ``stuck_io_after``."""
+        while True:
+            await asyncio.sleep(min(max(self.settings.stuck_io_after / 2, 0.1), 5.0))
+            for call in self.io.newly_stuck():
+                log.warning("store call stuck for %.0fs: %s (thread %s); is the store's filesystem "
+                            "answering?", call["seconds"], call["what"], call["thread"])
 
     async def close(self) -> None:
         tasks = list(self.inflight.values()) + list(self.background)
@@ -81,7 +104,8 @@ class DaemonState:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
-        self.puller.close()
+        self.io.submit(self.puller.close, what="stop the ingest threads")  # joins them: not on the loop
+        self.io.close()
 
     def reload(self, overrides: Mapping[str, Any]) -> Settings:
         """Re-read config and environment (SIGHUP). Raises ConfigError and keeps the old ones."""
@@ -93,6 +117,7 @@ class DaemonState:
             settings = replace(settings, **{k: getattr(self.settings, k) for k in changed})
         self.settings = settings
         self.puller.settings = settings  # same worker pool: fetches already running keep going
+        self.io.stuck_after = settings.stuck_io_after
         log.info("configuration reloaded from %s", [str(p) for p in settings.config_files] or "defaults")
         return settings
 
@@ -105,7 +130,7 @@ class DaemonState:
     async def resolve(self, text: str, offline: bool = False) -> Resolved:
         """The model for ``text``, fetching it once however many callers ask at once; a miss is an
         OfflineMissError if the daemon is offline or the client asked for an ``offline`` answer."""
-        resolved = self.hits.lookup(text)
+        resolved = await self.hits.lookup(text)
         if resolved is not None:
             self.metrics.hits += 1
             return resolved
@@ -120,16 +145,26 @@ class DaemonState:
     def served(self) -> None:
         self.metrics.hits += 1
 
-    async def _resolve(self, text: str, offline: bool = False) -> Resolved:
-        handle = parse_handle(text)
+    def _stored(self, text: str, handle: Handle) -> tuple[Ref | None, bool]:
+        """(the stored ref for ``text`` or None, whether to fetch it afresh); in a store thread."""
         ref = self.index.lookup(text)
-        refresh = False
         if ref is not None and not self.store.snapshot_path(ref.manifest).is_dir():
             try:  # pruned or quarantined: rebuild from intact blobs, else fetch again
-                ref = relink(self.store, ref, handle)
+                return relink(self.store, ref, handle), False
             except StoreError as err:
                 log.warning("%s is out of service (%s); fetching it again", text, err)
-                ref, refresh = None, True
+                return None, True
+        return ref, False
+
+    def _linked(self, text: str, ref: Ref, handle: Handle) -> Ref:
+        """``ref``, with ``text`` linked in the view if it was not yet; in a store thread."""
+        if not os.path.lexists(self.store.view / hub_key(text)) or text not in ref.aliases:
+            ref = relink(self.store, ref, handle)
+        return ref
+
+    async def _resolve(self, text: str, offline: bool = False) -> Resolved:
+        handle = parse_handle(text)
+        ref, refresh = await self.io.run(self._stored, text, handle, what=f"look up {text}")
         fetched = False
         if ref is None:
             if self.settings.offline:
@@ -152,11 +187,9 @@ class DaemonState:
             fetched = True
         else:
             self.metrics.hits += 1
-        view_name = hub_key(text)
-        if not os.path.lexists(self.store.view / view_name) or text not in ref.aliases:
-            ref = relink(self.store, ref, handle)
-        record_handle_use(self.store.home, text)
-        return Resolved(ref, text, str(self.store.view / view_name),
+        ref = await self.io.run(self._linked, text, ref, handle, what=f"link {text} in the view")
+        await mark_used(self.io, self.store.home, text)
+        return Resolved(ref, text, str(self.store.view / hub_key(text)),
                         str(self.store.snapshot_path(ref.manifest)), fetched)
 
     def _forget(self, key: str) -> Any:
@@ -166,14 +199,17 @@ class DaemonState:
         return done
 
     async def _fetch(self, text: str, refresh: bool = False) -> PullResult:
-        marker = self.store.new_temp("inflight")  # a concurrent prune keeps refs written while it exists
         started = time.monotonic()
+        try:  # a concurrent prune keeps refs written while the marker exists
+            marker = await self.io.run(self.store.new_temp, "inflight", what=f"mark {text} in flight")
+        except OSError as err:
+            return PullResult(text, "failed", error=StoreError(f"cannot write in the store's tmp/: {err}"))
         try:
             result = await self.puller.pull_one(text, self.session, refresh)
         except CachemgrError as err:
             result = PullResult(text, "failed", error=err)
         finally:
-            remove_quietly(marker)
+            self.io.submit(remove_quietly, marker, what=f"remove the in-flight mark of {text}")
         logs.fetch_done(log, text, result, time.monotonic() - started)
         if result.ref is not None and result.ref.archive_size:
             self.metrics.upstream_bytes += result.ref.archive_size

@@ -2,6 +2,10 @@
 
 inotify does not see changes made by other NFS clients, so everything the events do is
 also done by a periodic sweep.
+
+The event loop touches no file here: each check is a store call (``state.io``, reported when
+stuck); the long jobs (adopting a download, prune, a scrub slice) run in the default executor,
+so that their minutes are not taken for a hung call.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_OPENED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from cachemgr.errors import CachemgrError
@@ -41,6 +50,8 @@ class _Forward(FileSystemEventHandler):
         self.callback = callback
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE):
+            return  # a read changes nothing, and checking a lock reads it: no event loop of our own
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if path:
                 self.loop.call_soon_threadsafe(self.callback, os.fsdecode(path))
@@ -95,6 +106,7 @@ class Watcher:
         self.sweep_interval = sweep_interval
         self.observer: Any = None
         self._pending: set[str] = set()
+        self._checking: set[str] = set()
         self._lock_seen: dict[str, tuple[str, int, float]] = {}
         self._prefetched: set[str] = set()
         self._prefetch_mtime = 0.0
@@ -107,15 +119,25 @@ class Watcher:
         return self.state.store.view
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.observer = Observer()
-        self.observer.schedule(_Forward(loop, self._event), str(self.view), recursive=False)
+        """Start watching (in a store thread: inotify_add_watch looks the paths up) and sweeping."""
+        self._sweeper = self.state.spawn(self._start_and_sweep())
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        observer = Observer()
+        observer.schedule(_Forward(loop, self._event), str(self.view), recursive=False)
         prefetch_dir = self.state.settings.prefetch_path.parent
         prefetch_dir.mkdir(parents=True, exist_ok=True)
-        self.observer.schedule(_Forward(loop, self._event), str(prefetch_dir), recursive=False)
-        self.observer.daemon = True
-        self.observer.start()
-        self._sweeper = self.state.spawn(self._sweep_forever())
+        observer.schedule(_Forward(loop, self._event), str(prefetch_dir), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self.observer = observer
+
+    async def _start_and_sweep(self) -> None:
+        try:
+            await self.state.io.run(self._watch, asyncio.get_running_loop(), what="watch the view")
+        except OSError as err:  # the sweep still finds what events would have
+            log.error("cannot watch %s: %s; relying on the periodic sweep", self.view, err)
+        await self._sweep_forever()
 
     def stop(self) -> None:
         if self.observer is not None:
@@ -131,7 +153,9 @@ class Watcher:
         if p.parent != self.view:
             return
         if p.name.endswith(".lock"):
-            self._check_lock(p.name)
+            if p.name not in self._checking:  # one check at a time per lock
+                self._checking.add(p.name)
+                self.state.spawn(self._check_lock(p.name))
             return
         name = p.name.split(".", 1)[0]
         if len(name) == 40 and name not in self._pending:
@@ -161,7 +185,7 @@ class Watcher:
         settings = self.state.settings
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
-            try:
+            try:  # a job of minutes, not one store call: the default executor
                 result = await loop.run_in_executor(None, auto_prune, settings, self.state.store)
             except (CachemgrError, OSError) as err:
                 log.error("automatic prune failed: %s", err)
@@ -180,9 +204,9 @@ class Watcher:
 
     async def sweep(self) -> None:
         """Stale locks, directories to adopt and the prefetch list, found without blocking hits."""
-        locks, dirs = await asyncio.get_running_loop().run_in_executor(None, scan_view, self.view)
+        locks, dirs = await self.state.io.run(scan_view, self.view, what="list the view")
         for name in locks:
-            self._check_lock(name)
+            await self._check_lock(name)
         for name in dirs:
             await self.adopt(name)
         await self.check_prefetch()
@@ -191,9 +215,7 @@ class Watcher:
     async def adopt(self, name: str) -> bool:
         """Take a directory plain tensorflow_hub downloaded into the view into the store."""
         entry = self.view / name
-        if entry.is_symlink() or not entry.is_dir() or (self.view / f"{name}.lock").exists():
-            return False
-        handle_text = descriptor_handle(self.view, name)
+        handle_text = await self.state.io.run(self._adoptable, name, what=f"look at view/{name}")
         if handle_text is None:
             return False
         try:
@@ -210,6 +232,13 @@ class Watcher:
         log.info("adopted %s (%s)", name, handle_text)
         return True
 
+    def _adoptable(self, name: str) -> str | None:
+        """The handle of ``view/<name>`` if it is a finished hub download, else None (in a store thread)."""
+        entry = self.view / name
+        if entry.is_symlink() or not entry.is_dir() or (self.view / f"{name}.lock").exists():
+            return None
+        return descriptor_handle(self.view, name)
+
     def _adopt_sync(self, entry: Path, handle: Any) -> None:
         store = self.state.store
         result = ingest_directory(store, entry, str(entry), Limits.of(self.state.settings))
@@ -223,7 +252,15 @@ class Watcher:
         remove_quietly(moved)
 
     # -- stale hub locks ---------------------------------------------------------------------
-    def _check_lock(self, lock_name: str) -> None:
+    async def _check_lock(self, lock_name: str) -> None:
+        try:
+            await self.state.io.run(self._check_lock_sync, lock_name, what=f"check view/{lock_name}")
+        except OSError as err:
+            log.warning("cannot check %s: %s", lock_name, err)
+        finally:
+            self._checking.discard(lock_name)
+
+    def _check_lock_sync(self, lock_name: str) -> None:
         lock = self.view / lock_name
         try:
             content = lock.read_text().strip()
@@ -267,8 +304,7 @@ class Watcher:
         return [h for h in handles if isinstance(h, str)] if isinstance(handles, list) else []
 
     async def check_prefetch(self) -> None:
-        loop = asyncio.get_running_loop()
-        for handle in await loop.run_in_executor(None, self._missing_wanted):
+        for handle in await self.state.io.run(self._missing_wanted, what="read the prefetch list and pins"):
             if handle not in self._prefetched:
                 self._prefetched.add(handle)
                 self.state.spawn(self._prefetch(handle))

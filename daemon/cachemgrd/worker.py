@@ -28,6 +28,7 @@ from aiohttp.typedefs import Middleware
 
 from cachemgr.errors import CachemgrError
 from cachemgr.settings import Settings
+from cachemgr.store.aio import StoreIO
 from cachemgr.store.objects import open_store
 from cachemgr.store.refs import RefIndex
 from cachemgrd import logs
@@ -88,10 +89,11 @@ class WorkerState:
         self.store = open_store(settings)
         self.index = RefIndex(self.store)
         self.slot = slot
-        self.hits = HitPath(self.store, self.index)
+        self.io = StoreIO(settings.stuck_io_after)  # store calls off the loop (cachemgr.store.aio)
+        self.hits = HitPath(self.store, self.index, self.io)
 
     async def resolve(self, text: str, offline: bool = False) -> Resolved:
-        resolved = self.hits.lookup(text)
+        resolved = await self.hits.lookup(text)
         if resolved is None:
             raise ForwardToPrimary(text)
         self.slot.hit()
@@ -104,7 +106,7 @@ class WorkerState:
         pass
 
     async def close(self) -> None:
-        pass
+        self.io.close()
 
 
 def forwarding_middleware(slot: CounterSlot, forward: Handler,
