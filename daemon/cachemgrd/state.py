@@ -208,8 +208,8 @@ class DaemonState:
             result = await self.puller.pull_one(text, self.session, refresh)
         except CachemgrError as err:
             result = PullResult(text, "failed", error=err)
-        finally:
-            self.io.submit(remove_quietly, marker, what=f"remove the in-flight mark of {text}")
+        finally:  # awaited: a stopping daemon exits only once the mark is gone
+            await self.io.run(remove_quietly, marker, what=f"remove the in-flight mark of {text}")
         logs.fetch_done(log, text, result, time.monotonic() - started)
         if result.ref is not None and result.ref.archive_size:
             self.metrics.upstream_bytes += result.ref.archive_size
