@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.bundles import run_offline
 from tests.support.cli import Cli
+from tests.support.daemons import Daemon
 from tests.support.env import BASE_ENV, REPO
 from tests.support.origin import FakeOrigin
 from tests.support.registry import LocalRegistry
@@ -168,6 +169,22 @@ def test_pull_through_an_oci_upstream_with_the_origin_down(site: Site) -> None:
                for x in results)
     assert MYMUL_KAGGLE in results[0]["aliases"]
     _offline_load(site, cli.home)
+
+
+def test_a_daemon_fills_from_an_oci_upstream_with_the_origin_down(site: Site) -> None:
+    home = site.root / "daemon-home"
+    d = Daemon(home, dict(site.env, CACHEMGR_UPSTREAMS=site.registry.url("site"), CACHEMGR_WORKERS="1"))
+    site.origin.down = True
+    try:
+        d.wait_ready()
+        status, doc = d.call("POST", "/v1/resolve", {"handle": TEXT2})
+        assert status == 200, (doc, d.output()[-2000:])
+    finally:
+        site.origin.down = False
+        d.stop()
+    info = json.loads(Cli(home, site.env)("info", TEXT2, "--json").out)
+    assert info["manifest"] == json.loads(site.cli("info", TEXT2, "--json").out)["manifest"]
+    assert info["source"].startswith("registry oci://")
 
 
 def test_pull_an_artifact_reference_fetches_only_missing_blobs(site: Site) -> None:
