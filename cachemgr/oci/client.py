@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from cachemgr.errors import IntegrityError, RegistryAuthError, RegistryError
 from cachemgr.oci.auth import Auth
 from cachemgr.settings import Settings
 
+log = logging.getLogger("cachemgr.oci.client")
 CHUNK = 64 << 20
 READ = 1 << 20
 _LOCAL = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -220,13 +222,16 @@ class RegistryClient:
                 continue
             except RegistryAuthError:
                 raise
-            except RegistryError:
+            except RegistryError as exc:
                 failures += 1
                 if failures > self.settings.retries:
                     raise
+                broke = exc
             await asyncio.sleep(self.settings.backoff * 2 ** (failures - 1))
             offset, location = await self._resume(repo, location, scopes)
             self.counts.resumes += 1
+            log.warning("registry %s: the upload of blob %s to %s broke (%s); %s", self.host, digest[:12], repo,
+                        broke, f"resumed at byte {offset} of {size}" if offset else "started it again")
         await self._finish(location, scopes, digest, path, size, size)
 
     async def _resume(self, repo: str, location: str, scopes: tuple[str, ...]) -> tuple[int, str]:
