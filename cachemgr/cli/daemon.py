@@ -36,7 +36,9 @@ def daemon(c: Ctx, socket_path: Path | None, listen: tuple[str, ...], workers: s
            log_level: str | None, log_format: str | None, ready_file: Path | None) -> None:
     """Run the cache daemon (resolve API, mirror, watcher).
 
-    It logs one line per fetch, failed resolve, mirror serve, prune and scrub to stderr.
+    It logs one line per fetch, failed resolve, mirror serve, prune and scrub to stderr. TCP clients
+    must send each request within CACHEMGR_CLIENT_TIMEOUT (30s) and may hold at most
+    CACHEMGR_MAX_PEER_CONNECTIONS (64) connections per address; the next are answered 429.
     """
     if socket_path is not None:
         c.overrides["socket"] = socket_path

@@ -46,8 +46,8 @@ READY = b"ready\n"
 # the primary's fetch, so a reload (which replaces the workers) must not cut it; at shutdown the
 # primary cancels its fetches first, and kills a worker that is not gone after STOP_TIMEOUT.
 DRAIN_TIMEOUT = 6 * 3600.0
-# How long a stopping worker waits for the first request on a connection it accepted (aiohttp's
-# default keep-alive timeout, after which it closes a connection that sent nothing anyway).
+# How long a stopping worker waits for the first request on a connection it accepted (a TCP one
+# is closed after client_timeout if it sent nothing: frontdoor.py).
 FIRST_REQUEST_TIMEOUT = 75.0
 
 
