@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.cli import Cli
 from tests.support.lifecycle import MYMUL
+from tests.support.suite import Archives
 
 READERS = [
     ["ls"], ["ls", "--json"], ["info", MYMUL], ["path", MYMUL], ["du"], ["verify"], ["verify", MYMUL],
@@ -34,8 +35,12 @@ def test_every_reader_refuses_a_home_that_is_not_a_store(cli: Cli, tmp_path: Pat
     assert not (tmp_path / "have.json").exists() and not (tmp_path / "x.tar.zst").exists()
 
 
-def test_the_commands_that_fill_a_store_make_it(cli: Cli, tmp_path: Path) -> None:
+def test_the_commands_that_fill_a_store_make_it(cli: Cli, tmp_path: Path, archives: Archives) -> None:
     offline = {"CACHEMGR_OFFLINE": "1"}
+    archive = tmp_path / "mymul.tar.gz"
+    archive.write_bytes(archives.mymul)
+    made = tmp_path / "by-add"
+    assert cli("--home", str(made), "add", MYMUL, str(archive)).code == 0 and (made / "store-format").is_file()
     made = tmp_path / "by-pin"
     assert cli("--home", str(made), "pin", MYMUL, env=offline).code == 0  # wanted-but-missing
     assert (made / "store-format").is_file()
