@@ -91,3 +91,38 @@ def test_two_users_pull_use_verify_repull_and_prune_one_store(site: Site, archiv
     ok(site.run(BOB, "verify", umask=0o077), "bob verify at the end")
     assert bad_modes(site.store) == []
     assert list((site.store / "tmp").iterdir()) == [], "temps left behind"
+
+
+CREATE = """
+import sys
+from pathlib import Path
+from cachemgr.store.objects import Store
+Store(Path(sys.argv[1])).create()
+"""
+
+HOLD = """
+import os, sys
+from pathlib import Path
+from cachemgr.cluster.lease import lease_path, try_acquire
+lease = try_acquire(Path(sys.argv[1]), "pull.x", node="n1", timeout=600)
+assert lease is not None
+print(oct(os.stat(lease_path(Path(sys.argv[1]), "pull.x")).st_mode & 0o777))
+"""
+
+READ = """
+import sys
+from pathlib import Path
+from cachemgr.cluster.lease import lease_path, read_lease
+state = read_lease(lease_path(Path(sys.argv[1]), "pull.x"))
+print(state is not None and state.record is not None and state.record.node)
+"""
+
+
+def test_a_lease_taken_under_umask_077_is_readable_by_the_group(site: Site) -> None:
+    made = site.as_user(ALICE, [sys.executable, "-c", CREATE, str(site.store)])
+    assert made.code == 0, made.err[-2000:]
+    held = site.as_user(BOB, [sys.executable, "-c", HOLD, str(site.store)], umask=0o077)
+    assert held.code == 0, held.err[-2000:]
+    assert held.out.strip() == "0o644", "bob's lease is not readable by the other users of the store"
+    seen = site.as_user(ALICE, [sys.executable, "-c", READ, str(site.store)])
+    assert seen.code == 0 and seen.out.strip() == "n1", seen.err[-2000:]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cachemgr.store.fs import atomic_write, pid_alive, remove_quietly
 from cachemgr.store.objects import Store
+from cachemgr.store.perms import FILE
 
 
 def hub_lock_text() -> str:
@@ -48,6 +49,7 @@ class HubLocks:
             except OSError:
                 continue  # a hub client or another fetch has it: it waits for us, or we for it
             try:
+                os.fchmod(fd, FILE)  # readable by every user of a shared store, whatever the umask (perms.py)
                 os.write(fd, text.encode())
             finally:
                 os.close(fd)

@@ -32,6 +32,7 @@ from typing import Any
 
 from cachemgr.errors import LeaseLostError, StoreError
 from cachemgr.store.fs import atomic_write, disk_error, pid_alive, remove_quietly, unique_name
+from cachemgr.store.perms import FILE
 
 LEASES = "leases"
 _MAX_LEASE_BYTES = 4096
@@ -200,6 +201,7 @@ def try_acquire(home: Path, name: str, *, node: str, timeout: float, what: str =
         except OSError as exc:
             raise disk_error(exc, path) from None
         try:
+            os.fchmod(fd, FILE)  # readable by every user of a shared store, whatever the umask (perms.py)
             os.write(fd, record.to_bytes())
             os.fsync(fd)
         except OSError as exc:
