@@ -71,7 +71,8 @@ def status(c: Ctx, as_json: bool) -> None:
         return
     workers = doc.get("workers") or []
     procs = f" (+{len(workers)} workers: {', '.join(map(str, workers))})" if workers else ""
-    click.echo(f"daemon {doc['version']} pid {doc['pid']}{procs} up {doc['uptime']:.0f}s, store {doc['home']}")
+    node = f"node {doc['node']}, " if doc.get("node") else ""
+    click.echo(f"daemon {doc['version']} {node}pid {doc['pid']}{procs} up {doc['uptime']:.0f}s, store {doc['home']}")
     click.echo(f"models {doc['store_entries']}, {format_size(doc['store_bytes'])}; hits {doc['hits']}, "
                f"misses {doc['misses']}, in flight {len(doc['inflight'])}, offline {doc['offline']}")
     for call_doc in doc.get("stuck_io") or []:  # store calls past stuck_io_after: the store's filesystem hangs

@@ -217,7 +217,7 @@ def du(c: Ctx, store: Store, as_json: bool) -> None:
 @with_store()
 def rm(c: Ctx, store: Store, handles: tuple[str, ...], force: bool, dry_run: bool, as_json: bool) -> None:
     """Remove models: their refs, aliases and view links, and the blobs no other model uses."""
-    from cachemgr.lifecycle.remove_exec import execute_remove
+    from cachemgr.lifecycle.remove_exec import run_remove
     from cachemgr.lifecycle.remove_plan import plan_remove
     from cachemgr.lifecycle.scan import scan
     from cachemgr.store.refs import RefIndex
@@ -228,7 +228,7 @@ def rm(c: Ctx, store: Store, handles: tuple[str, ...], force: bool, dry_run: boo
     refusal = plan.refusal()
     if refusal is not None:
         raise refusal
-    result = None if dry_run else execute_remove(store, plan)
+    result = None if dry_run else run_remove(c.settings, store, plan)
     if as_json:
         doc = {"dry_run": dry_run, "plan": plan.to_json()}
         if result is not None:

@@ -158,7 +158,7 @@ def path(c: Ctx, store: Store, handle: str, as_json: bool) -> None:
     if not snap.is_dir():
         raise NotCachedError(f"{handle} is recorded but out of service (quarantined or pruned); run "
                              f"`cachemgr verify --repair` or `cachemgr pull --refresh {handle}`")
-    record_handle_use(store.home, ref.handle)
+    record_handle_use(store.home, ref.handle, None, c.settings.node_id)
     if as_json:
         emit_json({"handle": ref.handle, "path": str(snap), "manifest": ref.manifest})
     else:

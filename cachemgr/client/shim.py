@@ -68,7 +68,8 @@ def _record_use(cache_dir: str, name: str) -> None:
     if home is not None:
         from cachemgr.store.usage import record_use  # stdlib-only; imported on first use
 
-        record_use(__import__("pathlib").Path(home), name)
+        # this node's id, as the daemon and CLI record it (read now: the shim has no Settings)
+        record_use(__import__("pathlib").Path(home), name, node=os.environ.get("CACHEMGR_NODE_ID"))
 
 
 def _offline() -> bool:

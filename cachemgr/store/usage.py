@@ -1,8 +1,9 @@
 """Last-use records, kept by cachemgr itself (atime is useless on noatime and NFS mounts).
 
-``uses/<sha1(alias)>.<host>`` is an empty file whose mtime is the last time a process on
-``host`` used the model under that alias. One file per host means concurrent writers on
-many hosts never contend; a reader takes the newest mtime over all hosts and aliases.
+``uses/<sha1(alias)>.<node>`` is an empty file whose mtime is the last time a process on
+``node`` (its node id, else the hostname) used the model under that alias. One file per node
+means concurrent writers on many nodes never contend; a reader takes the newest mtime over
+all nodes and aliases (prune ignores nodes silent for longer than ``node_timeout``).
 Recording is one ``utime`` call (a create the first time), cheap enough for the shim's hit path.
 """
 
@@ -31,9 +32,16 @@ def uses_dir(home: Path) -> Path:
     return home / "uses"
 
 
-def record_use(home: Path, view_name: str, when: float | None = None) -> None:
-    """Mark the model at ``view/<view_name>`` (a sha1 of an alias) as used now (or ``when``)."""
-    path = uses_dir(home) / f"{view_name}.{host_tag()}"
+def tag_of(node_id: str | None) -> str:
+    """How a node appears in file names: its id (dots and slashes replaced), else the hostname."""
+    if not node_id:
+        return host_tag()
+    return node_id.replace(".", "_").replace("/", "_")
+
+
+def record_use(home: Path, view_name: str, when: float | None = None, node: str | None = None) -> None:
+    """Mark the model at ``view/<view_name>`` (a sha1 of an alias) as used now (or ``when``) by ``node``."""
+    path = uses_dir(home) / f"{view_name}.{tag_of(node)}"
     times = None if when is None else (when, when)
     try:
         os.utime(path, times)
@@ -58,27 +66,32 @@ def _new_record(made: Path, path: Path, times: tuple[float, float] | None) -> No
         pass  # recording use must never break loading a model
 
 
-def record_handle_use(home: Path, alias: str, when: float | None = None) -> None:
-    record_use(home, hub_key(alias), when)
+def record_handle_use(home: Path, alias: str, when: float | None = None, node: str | None = None) -> None:
+    record_use(home, hub_key(alias), when, node)
 
 
-def last_uses(home: Path) -> dict[str, float]:
-    """sha1(alias) -> newest use time over every host (one directory scan)."""
-    out: dict[str, float] = {}
+def uses_by_node(home: Path) -> dict[str, dict[str, float]]:
+    """sha1(alias) -> {node tag: its newest use} (one directory scan)."""
+    out: dict[str, dict[str, float]] = {}
     try:
         entries = os.scandir(uses_dir(home))
     except FileNotFoundError:
         return out
     with entries:
         for entry in entries:
-            name = entry.name.split(".", 1)[0]
+            name, _, tag = entry.name.partition(".")
             try:
                 mtime = entry.stat(follow_symlinks=False).st_mtime
             except FileNotFoundError:
                 continue
-            if mtime > out.get(name, 0.0):
-                out[name] = mtime
+            per = out.setdefault(name, {})
+            per[tag] = max(per.get(tag, 0.0), mtime)
     return out
+
+
+def last_uses(home: Path) -> dict[str, float]:
+    """sha1(alias) -> newest use time over every node."""
+    return {name: max(per.values()) for name, per in uses_by_node(home).items()}
 
 
 def last_use_of(aliases: Iterable[str], uses: dict[str, float]) -> float | None:
