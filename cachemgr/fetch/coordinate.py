@@ -10,12 +10,14 @@ thread: this code runs on the daemon's event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 
 from cachemgr.cluster.hublock import HubLocks
 from cachemgr.cluster.lease import Lease, LeaseKeeper, is_stale, lease_path, read_lease, try_acquire
 from cachemgr.handles import Handle
 from cachemgr.settings import Settings
+from cachemgr.store.aio import StoreIO
 from cachemgr.store.objects import Store
 
 
@@ -48,22 +50,23 @@ class Claim:
 class Coordinator:
     """Claims fetches for one process (a CLI run or a daemon)."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, io: StoreIO) -> None:
         self.settings = settings
         self.store = store
+        self.io = io
 
     def poll_interval(self) -> float:
         return min(1.0, max(self.settings.lease_timeout / 10.0, 0.05))
 
     async def claim(self, handle: Handle) -> Claim | None:
         """Take the fetch of ``handle``; None once another node holds it (the caller waits)."""
-        lease = await asyncio.to_thread(
+        lease = await self.io.run(functools.partial(
             try_acquire, self.store.home, fetch_lease_name(handle), node=self.settings.node_id,
-            timeout=self.settings.lease_timeout, what=handle.canonical)
+            timeout=self.settings.lease_timeout, what=handle.canonical), what=f"take the fetch lease of {handle.asked}")
         if lease is None:
             return None
         claim = Claim(self.settings, lease, HubLocks(self.store, handle.aliases()))
-        await asyncio.to_thread(claim.start)
+        await self.io.run(claim.start, what=f"write hub's lock files for {handle.asked}")
         return claim
 
     async def wait_for_holder(self, handle: Handle) -> None:
@@ -71,7 +74,7 @@ class Coordinator:
         path = lease_path(self.store.home, fetch_lease_name(handle))
         node, timeout = self.settings.node_id, self.settings.lease_timeout
         while True:
-            state = await asyncio.to_thread(read_lease, path)
-            if state is None or await asyncio.to_thread(is_stale, state, timeout, node):
+            state = await self.io.run(read_lease, path, what=f"read the fetch lease of {handle.asked}")
+            if state is None or await self.io.run(is_stale, state, timeout, node, what="check a lease's holder"):
                 return
             await asyncio.sleep(self.poll_interval())

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachemgr.cluster.nodes import announce
 from cachemgr.errors import CachemgrError, OfflineMissError, StoreError, UsageError
+from cachemgr.fetch.coordinate import Claim, Coordinator
 from cachemgr.fetch.http import Fetcher, make_session
 from cachemgr.fetch.upstream import fetch_from_upstreams
 from cachemgr.handles import Handle, parse_handle, with_compressed_query
@@ -53,6 +55,7 @@ class PullResult:
 def pull_handles(settings: Settings, store: Store, texts: list[str], refresh: bool = False,
                  bars: Bars | None = None) -> list[PullResult]:
     """Pull ``texts`` concurrently, synchronously: for the CLI, pins and repair (the daemon has its loop)."""
+    announce(settings)
     puller = Puller(settings, store, bars)
     try:
         return asyncio.run(puller.pull_many(texts, refresh))
@@ -75,6 +78,7 @@ class Puller:
         self.io = io or StoreIO(settings.stuck_io_after)  # the loop's store calls (the daemon passes its own)
         self.index = RefIndex(store)
         self.bars = bars or Bars(False)
+        self.coordinator = Coordinator(settings, store, self.io)
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="ingest"
         )
@@ -113,11 +117,19 @@ class Puller:
                 relinked = await self.io.run(relink, self.store, existing, handle, what=f"relink {text}")
                 return PullResult(text, "present", relinked)
             raise offline_miss(text)
-        if self.settings.upstreams:
-            ref = await fetch_from_upstreams(self.settings, self.store, session, handle, io=self.io)
-            if ref is not None:
-                return PullResult(text, "pulled", ref)
-        return await self._download(handle, session)
+        while True:  # one fetch across every node of a shared store (fetch/coordinate.py)
+            claim = await self.coordinator.claim(handle)
+            if claim is not None:
+                break
+            await self.coordinator.wait_for_holder(handle)
+            done = await self.io.run(self._done_elsewhere, text, handle, what=f"look up {text}")
+            if done is not None:
+                return done
+        try:
+            done = None if refresh else await self.io.run(self._done_elsewhere, text, handle, what=f"look up {text}")
+            return done or await self._fetch(handle, session, claim)
+        finally:
+            await self.io.run(claim.finish, what=f"release the fetch lease of {text}")
 
     async def _pull_oci(self, text: str, session: Any) -> PullResult:
         if self.settings.offline or session is None:
@@ -125,6 +137,19 @@ class Puller:
                                    "go online, or export the model to an OCI layout and `cachemgr import` it")
         got = await pull_reference(self.settings, self.store, session, text)
         return PullResult(text, "pulled", got.ref, None, got.counts.downloaded, got.counts.downloaded_bytes)
+
+    def _done_elsewhere(self, text: str, handle: Handle) -> PullResult | None:
+        """The model another node (or process) published while we waited, if it did."""
+        ref = self.index.lookup(text)
+        present = self._present(ref, handle) if ref is not None else None
+        return PullResult(text, "present", present) if present is not None else None
+
+    async def _fetch(self, handle: Handle, session: Any, claim: Claim) -> PullResult:
+        if self.settings.upstreams:
+            ref = await fetch_from_upstreams(self.settings, self.store, session, handle, io=self.io)
+            if ref is not None:
+                return PullResult(handle.asked, "pulled", ref)
+        return await self._download(handle, session, claim)
 
     def _present(self, ref: Ref, handle: Handle) -> Ref | None:
         """Relink a stored model, marking its ref as in use so that a concurrent prune keeps it;
@@ -143,7 +168,7 @@ class Puller:
             ref = relink(self.store, ref, handle)  # another user's ref: cannot mark it
         return ref if path.exists() else None
 
-    async def _download(self, handle: Handle, session: Any) -> PullResult:
+    async def _download(self, handle: Handle, session: Any, claim: Claim) -> PullResult:
         url = handle.fetch_url if not handle.compressed_query else with_compressed_query(
             handle.fetch_url
         )
@@ -166,6 +191,7 @@ class Puller:
             await pipe.finish()
         result = await job
         assert info is not None
+        await self.io.run(claim.check, what=f"check the fetch lease of {handle.asked}")  # only the holder publishes
         ref = await self.io.run(functools.partial(
             record_model, self.store, handle, result, source="pull", url=info.url, chain=info.chain,
             etag=info.etag, x_goog_hash=info.x_goog_hash, archive_size=info.size,
@@ -189,6 +215,7 @@ def add_local(settings: Settings, store: Store, text: str, path: Path) -> PullRe
     handle = parse_handle(text)
     limits = Limits.of(settings)
     name = str(path)
+    announce(settings)
     if not path.is_dir() and not path.is_file():
         raise UsageError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a SavedModel directory")
     with store.in_flight():
