@@ -139,7 +139,8 @@ async def status(request: web.Request) -> web.Response:
     m = state.metrics
     totals, pids = _worker_totals(request)
     return web.json_response({
-        "version": __version__, "pid": os.getpid(), "workers": pids, "home": str(state.store.home),
+        "version": __version__, "node": state.settings.node_id, "pid": os.getpid(), "workers": pids,
+        "home": str(state.store.home),
         "uptime": round(time.time() - state.started, 3), "offline": state.settings.offline,
         "inflight": sorted(state.inflight), "hits": m.hits + totals["hits"], "misses": m.misses,
         "fetches": m.fetches, "upstream_bytes": m.upstream_bytes, "errors": m.errors, "store_bytes": store_bytes,
@@ -192,7 +193,7 @@ async def _served(state: Serving, ref: Ref) -> None:
     """A model went out (a mirror tar, or a ref another daemon fetches by): it counts as a hit,
     and as a use, so that prune and du see it like a resolve (recorded in a thread)."""
     state.served()
-    await mark_used(state.io, state.store.home, ref.handle)
+    await mark_used(state.io, state.store.home, ref.handle, state.settings.node_id)
 
 
 async def get_ref(request: web.Request) -> web.Response:

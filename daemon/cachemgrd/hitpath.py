@@ -51,10 +51,10 @@ class Resolved:
         return json.dumps(self.to_json()).encode()
 
 
-async def mark_used(io: StoreIO, home: Path, alias: str) -> None:
-    """Record a use of ``alias`` in the background thread, waiting for it at most USE_WAIT seconds
-    (not at all while a record for it is still pending: the store is slow, and that one will do)."""
-    future = io.later(f"use {alias}", record_handle_use, home, alias, what=f"record use of {alias}")
+async def mark_used(io: StoreIO, home: Path, alias: str, node: str | None) -> None:
+    """Record a use of ``alias`` by ``node`` in the background thread, waiting for it at most USE_WAIT
+    seconds (not at all while a record for it is still pending: the store is slow, and that one will do)."""
+    future = io.later(f"use {alias}", record_handle_use, home, alias, None, node, what=f"record use of {alias}")
     if future is not None:
         await asyncio.wait([asyncio.wrap_future(future)], timeout=USE_WAIT)
 
@@ -62,9 +62,10 @@ async def mark_used(io: StoreIO, home: Path, alias: str) -> None:
 class HitPath:
     """Clean hits answered from the store without writing anything but the last-use record."""
 
-    def __init__(self, store: Store, index: RefIndex, io: StoreIO) -> None:
+    def __init__(self, store: Store, index: RefIndex, node_id: str | None, io: StoreIO) -> None:
         self.store = store
         self.index = index
+        self.node_id = node_id
         self.io = io
         self._recent: dict[str, tuple[float, Resolved]] = {}
 
@@ -103,5 +104,5 @@ class HitPath:
         """A clean hit for ``text`` (recording its use), or None when the slow path is needed."""
         hit = await self.io.run(self.find, text, what=f"look up {text}")
         if hit is not None:
-            await mark_used(self.io, self.store.home, text)
+            await mark_used(self.io, self.store.home, text, self.node_id)
         return hit

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from cachemgr.cluster.nodes import heartbeat
 from cachemgr.errors import CachemgrError, OfflineMissError, StoreError
 from cachemgr.fetch.http import make_session
 from cachemgr.fetch.pull import Puller, PullResult, offline_miss
@@ -62,7 +63,7 @@ class DaemonState:
         self.background: set[asyncio.Task[Any]] = set()
         self._totals: tuple[float, tuple[int, int]] = (-1e9, (0, 0))
         self._scan: asyncio.Task[None] | None = None
-        self.hits = HitPath(self.store, self.index, self.io)
+        self.hits = HitPath(self.store, self.index, settings.node_id, self.io)
 
     async def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
         """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent).
@@ -87,6 +88,7 @@ class DaemonState:
 
     async def start(self) -> None:
         self.session = make_session(self.settings)
+        self.spawn(self._heartbeats())
         self.spawn(self._report_stuck())
 
     async def _report_stuck(self) -> None:
@@ -96,6 +98,15 @@ class DaemonState:
             for call in self.io.newly_stuck():
                 log.warning("store call stuck for %.0fs: %s (thread %s); is the store's filesystem "
                             "answering?", call["seconds"], call["what"], call["thread"])
+
+    async def _heartbeats(self) -> None:
+        """This node's record in the store (``cachemgr nodes``), renewed at a third of lease_timeout."""
+        while True:
+            try:
+                await asyncio.to_thread(heartbeat, self.settings, "daemon", self.started)
+            except OSError as exc:
+                log.warning("cannot write this node's heartbeat in %s: %s", self.store.home, exc)
+            await asyncio.sleep(max(self.settings.lease_timeout / 3.0, 0.05))
 
     async def close(self) -> None:
         tasks = list(self.inflight.values()) + list(self.background)
@@ -188,7 +199,7 @@ class DaemonState:
         else:
             self.metrics.hits += 1
         ref = await self.io.run(self._linked, text, ref, handle, what=f"link {text} in the view")
-        await mark_used(self.io, self.store.home, text)
+        await mark_used(self.io, self.store.home, text, self.settings.node_id)
         return Resolved(ref, text, str(self.store.view / hub_key(text)),
                         str(self.store.snapshot_path(ref.manifest)), fetched)
 

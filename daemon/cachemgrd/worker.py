@@ -90,10 +90,10 @@ class WorkerState:
         self.index = RefIndex(self.store)
         self.slot = slot
         self.io = StoreIO(settings.stuck_io_after)  # store calls off the loop (cachemgr.store.aio)
-        self.hits = HitPath(self.store, self.index, self.io)
+        self.hits = HitPath(self.store, self.index, settings.node_id, self.io)
 
     async def resolve(self, text: str, offline: bool = False) -> Resolved:
-        resolved = await self.hits.lookup(text)
+        resolved = await self.hits.lookup(text)  # a hit is an answer offline too; a miss goes to the primary
         if resolved is None:
             raise ForwardToPrimary(text)
         self.slot.hit()
