@@ -103,7 +103,7 @@ class DaemonState:
         """This node's record in the store (``cachemgr nodes``), renewed at a third of lease_timeout."""
         while True:
             try:
-                await asyncio.to_thread(heartbeat, self.settings, "daemon", self.started)
+                await self.io.run(heartbeat, self.settings, "daemon", self.started, what="write this node's heartbeat")
             except OSError as exc:
                 log.warning("cannot write this node's heartbeat in %s: %s", self.store.home, exc)
             await asyncio.sleep(max(self.settings.lease_timeout / 3.0, 0.05))
