@@ -1,8 +1,8 @@
 """Many users, one store (issue 11): two real uids of one group share a store in a setgid directory.
 
 Alice pulls and adds under umask 022, Bob works under umask 077 (the modes must not come from
-the umask): he uses, loads, verifies, re-pulls, adds and prunes what Alice fetched, and Alice
-pulls again. Every command exits 0, nothing says EACCES, and the store verifies for both.
+the umask): he uses, loads, verifies, re-pulls, adds and prunes what Alice fetched, imports a
+bundle she exported, and Alice pulls again. Every command exits 0, nothing says EACCES, and the store verifies for both.
 """
 
 from __future__ import annotations
@@ -80,12 +80,17 @@ def test_two_users_pull_use_verify_repull_and_prune_one_store(site: Site, archiv
     ok(site.run(ALICE, "path", TEXT2), "alice path of bob's model")
     ok(site.run(ALICE, "verify"), "alice verify")
 
+    bundle = site.shared / "text1.tar.zst"
+    ok(site.run(ALICE, "export", TEXT1, "-o", str(bundle)), "alice export")
+
     ok(site.run(BOB, "prune", "--max-size", "0", "--grace", "0s", umask=0o077), "bob prune")
     for handle in (MYMUL, TEXT1, TEXT2):
         assert site.run(ALICE, "path", handle).code == 5, f"{handle} survived bob's prune"
     assert not list((site.store / "snapshots").iterdir()), "bob's prune left snapshots behind"
     assert not [p for p in (site.store / "blobs").rglob("*") if p.is_file()], "bob's prune left blobs behind"
 
+    ok(site.run(BOB, "import", str(bundle), umask=0o077), "bob imports alice's bundle")
+    ok(site.run(ALICE, "path", TEXT1), "alice path of the model bob imported")
     ok(site.run(ALICE, "pull", MYMUL), "alice pulls again")
     ok(site.run(ALICE, "verify"), "alice verify at the end")
     ok(site.run(BOB, "verify", umask=0o077), "bob verify at the end")
