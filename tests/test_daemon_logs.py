@@ -152,3 +152,16 @@ def test_json_lines_for_the_daemons_prune_and_scrub(cli: Cli, home: Path, daemon
     scrub = [x for x in lines if x.get("event") == "scrub"]
     assert scrub and scrub[0]["logger"] == "cachemgr.lifecycle.scrub" and scrub[0]["problems"] == 0, scrub
     assert isinstance(scrub[0]["blobs"], int) and isinstance(scrub[0]["partial"], bool)
+
+
+def test_the_supervisors_lines_about_workers_are_json_too(cli: Cli, home: Path, daemons: list[Daemon]) -> None:
+    d = start(daemons, cli, home, "--log-format", "json", env={"CACHEMGR_WORKERS": "2"})
+    (worker,) = d.call("GET", "/v1/status")[1]["workers"]
+    os.kill(worker, signal.SIGKILL)
+    assert wait_for(lambda: '"event": "worker_started"' in d.output(), 60), d.output()
+    d.stop()
+    lines = json_lines(d)
+    exited = only(lines, event="worker_exited")
+    assert exited["worker"] == worker and exited["code"] == -signal.SIGKILL and exited["level"] == "warning"
+    started = only(lines, event="worker_started")
+    assert started["worker"] != worker and started["pid"] == d.proc.pid

@@ -107,13 +107,15 @@ class WorkerPool:
                 _signal(worker, signal.SIGTERM)
             return
         if len(fresh) < count - 1:
-            log.error("reload: %d of %d new workers started; keeping the old ones too", len(fresh), count - 1)
+            log.error("reload: %d of %d new workers started; keeping the old ones too", len(fresh), count - 1,
+                      extra={"event": "workers_reload_failed", "started": len(fresh), "wanted": count - 1})
             self.current += fresh
             return
         self.current = fresh
         for worker in old:
             _signal(worker, signal.SIGTERM)
-        log.info("workers reloaded: %s (were %s)", self.pids(), [w.pid for w in old])
+        log.info("workers reloaded: %s (were %s)", self.pids(), [w.pid for w in old],
+                 extra={"event": "workers_reloaded", "workers": self.pids(), "were": [w.pid for w in old]})
 
     async def stop(self) -> None:
         self.stopping = True
@@ -125,7 +127,8 @@ class WorkerPool:
             _done, late = await asyncio.wait(waits, timeout=STOP_TIMEOUT)
             for worker, wait in zip(workers, waits, strict=True):
                 if wait in late:
-                    log.warning("worker %d did not stop in %.0f s; killing it", worker.pid, STOP_TIMEOUT)
+                    log.warning("worker %d did not stop in %.0f s; killing it", worker.pid, STOP_TIMEOUT,
+                                extra={"event": "worker_killed", "worker": worker.pid})
                     _signal(worker, signal.SIGKILL)
             await asyncio.gather(*waits, return_exceptions=True)
         for task in list(self._tasks):
@@ -156,7 +159,8 @@ class WorkerPool:
             await proc.stdin.drain()
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
         if line != READY:
-            log.error("a worker (pid %d) did not start; see its messages above", proc.pid)
+            log.error("a worker (pid %d) did not start; see its messages above", proc.pid,
+                      extra={"event": "worker_start_failed", "worker": proc.pid})
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
@@ -179,7 +183,8 @@ class WorkerPool:
         self.current.remove(worker)
         if time.monotonic() - worker.started > STABLE_AFTER:
             self._backoff = RESTART_BACKOFF[0]
-        log.warning("worker %d exited (%s); starting another in %.0f s", worker.pid, code, self._backoff)
+        log.warning("worker %d exited (%s); starting another in %.0f s", worker.pid, code, self._backoff,
+                    extra={"event": "worker_exited", "worker": worker.pid, "code": code, "restart_in": self._backoff})
         await self._start_later()
 
     async def _start_later(self) -> None:
@@ -196,7 +201,7 @@ class WorkerPool:
                 _signal(worker, signal.SIGTERM)
                 return
             self.current.append(worker)
-            log.info("worker %d started", worker.pid)
+            log.info("worker %d started", worker.pid, extra={"event": "worker_started", "worker": worker.pid})
             return
 
 
