@@ -101,7 +101,7 @@ def test_eight_nodes_cold_start_through_squid_and_the_site_sends_each_blob_once(
         env = {**base_env(tmp_path), "CACHEMGR_UPSTREAMS": the_site.base, "CACHEMGR_PROXY": squid.url}
         nodes = [start(daemons, tmp_path / f"node{i}", env) for i in range(NODES)]
         for d in [the_site, *nodes]:
-            d.wait_ready()
+            d.wait_ready(120)
         results = resolve_all(nodes)
         assert all(code == 200 and doc["fetched"] for code, doc in results), results
         counts = sent(the_site)
@@ -149,7 +149,7 @@ def test_the_site_killed_mid_transfer_nodes_fail_over_to_the_next_group(
                "CACHEMGR_PROXY": squid.url}
         nodes = [start(daemons, tmp_path / f"node{i}", env) for i in range(NODES)]
         for d in [site1, site2, *nodes]:
-            d.wait_ready()
+            d.wait_ready(120)
         results: list[tuple[int, dict[str, Any]]] = []
         runner = threading.Thread(target=lambda: results.extend(resolve_all(nodes)))
         runner.start()
@@ -183,7 +183,7 @@ def test_a_corrupt_cached_copy_is_fetched_again_with_no_cache(models: Models, tm
     with Squid(extra=["cache_mem 0 MB"]) as squid:  # every hit from disk, where the test corrupts it
         env = {**base_env(tmp_path), "CACHEMGR_UPSTREAMS": the_site.base, "CACHEMGR_PROXY": squid.url}
         first = start(daemons, tmp_path / "first", env)
-        first.wait_ready()
+        first.wait_ready(120)
         assert first.call("POST", "/v1/resolve", {"handle": HANDLE})[0] == 200
         assert wait_for(lambda: cached_copy(squid, blob) is not None, 30), "Squid did not store the blob on disk"
         found = cached_copy(squid, blob)
@@ -195,7 +195,7 @@ def test_a_corrupt_cached_copy_is_fetched_again_with_no_cache(models: Models, tm
             fh.seek(offset + size // 2)
             fh.write(bytes([byte[0] ^ 0xFF]))
         second = start(daemons, tmp_path / "second", env)
-        second.wait_ready()
+        second.wait_ready(120)
         code, doc = second.call("POST", "/v1/resolve", {"handle": HANDLE})
         assert code == 200, doc
         assert "arrived corrupt" in second.output() and "no-cache" in second.output(), second.output()[-3000:]

@@ -1,12 +1,17 @@
-"""Upstream groups with failover (issue 12): the pure plan of which upstream to try, in which order."""
+"""Upstream groups with failover (issue 12): the pure plan of which upstream to try, in which order,
+and a real node daemon that remembers a dead upstream."""
 
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 from cachemgr.fetch.upstream_groups import FIRST_BACKOFF, MAX_BACKOFF, Attempt, Failover
 from cachemgr.settings import UpstreamGroup, load_settings
+from tests.support.cli import Cli
+from tests.support.daemons import Daemon, free_port
+from tests.support.env import BASE_ENV
 
 A, B, C, D = (f"http://{h}:8470" for h in "abcd")
 SQUID = "http://squid:3128"
@@ -71,3 +76,26 @@ def test_toml_groups_and_plain_lists_plan_alike(tmp_path: Path) -> None:
     settings = load_settings({"HOME": "/nonexistent"}, config)
     plan = Failover(random.Random(0)).plan(settings.upstreams, settings.proxy, 0.0)
     assert set(urls(plan[:2])) == {A, B} and plan[2] == Attempt(C, SQUID, 1)
+
+
+def test_a_daemon_remembers_a_dead_upstream_from_one_fetch_to_the_next(cli: Cli, tmp_path: Path) -> None:
+    """A real node daemon: a dead first group costs one refused connection, then is skipped."""
+    mymul, text = "https://tfhub.dev/google/mymul/1", "https://tfhub.dev/google/text-embed/1"
+    assert cli("pull", mymul, text).code == 0  # the site's store (the fake origin behind it)
+    site = Daemon(cli.home, cli.env, listen=f"127.0.0.1:{free_port()}")
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**BASE_ENV, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "CACHEMGR_UPSTREAMS": f"{dead};{site.base}",
+           "CACHEMGR_MIRRORS": f"https://tfhub.dev/={dead}/", "CACHEMGR_RETRIES": "0"}
+    node = Daemon(tmp_path / "node", env)
+    try:
+        site.wait_ready(60)
+        node.wait_ready(60)
+        for handle in (mymul, text):
+            code, doc = node.call("POST", "/v1/resolve", {"handle": handle})
+            assert code == 200 and doc["fetched"], doc
+        plans = [line for line in node.output().splitlines() if "upstreams for " in line]
+        assert len(plans) == 2 and dead in plans[0] and dead not in plans[1], plans
+        assert node.output().count(f"upstream {dead} failed") == 1, node.output()[-3000:]
+    finally:
+        node.stop(signal.SIGKILL)
+        site.stop(signal.SIGKILL)

@@ -15,6 +15,7 @@ from cachemgr.errors import CachemgrError, OfflineMissError, StoreError, UsageEr
 from cachemgr.fetch.coordinate import Claim, Coordinator
 from cachemgr.fetch.http import Fetcher, make_session
 from cachemgr.fetch.upstream import fetch_from_upstreams
+from cachemgr.fetch.upstream_groups import Failover
 from cachemgr.handles import Handle, parse_handle, with_compressed_query
 from cachemgr.ingest.pipe import ChunkPipe, ReaderGone
 from cachemgr.ingest.publish import record_model, relink
@@ -79,6 +80,7 @@ class Puller:
         self.index = RefIndex(store)
         self.bars = bars or Bars(False)
         self.coordinator = Coordinator(settings, store, self.io)
+        self.failover = Failover()  # this process's dead upstreams, remembered from fetch to fetch
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="ingest"
         )
@@ -146,7 +148,8 @@ class Puller:
 
     async def _fetch(self, handle: Handle, session: Any, claim: Claim) -> PullResult:
         if self.settings.upstreams:
-            ref = await fetch_from_upstreams(self.settings, self.store, session, handle, io=self.io)
+            ref = await fetch_from_upstreams(self.settings, self.store, session, handle, self.failover,
+                                             io=self.io)
             if ref is not None:
                 return PullResult(handle.asked, "pulled", ref)
         return await self._download(handle, session, claim)

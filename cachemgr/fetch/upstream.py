@@ -45,6 +45,8 @@ UPSTREAM_CONNECT_TIMEOUT = 2.0
 # Sent when an answer arrived corrupt and is asked for again: a cache on the way fetches anew.
 NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
 _TIMEOUT = aiohttp.ClientTimeout(sock_connect=UPSTREAM_CONNECT_TIMEOUT, sock_read=60)
+_CHUNK = 1 << 20  # a blob's bytes are hashed and written this many at a time
+_READ_BUFFER = 4 << 20  # aiohttp's default, 64 KiB, stops reading the socket at 128 KiB buffered
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str, proxy: str | None) -> dict[str, Any] | None:
@@ -106,6 +108,12 @@ async def _fetch_blob_checked(session: aiohttp.ClientSession, store: Store, up: 
         await _fetch_blob(session, store, up, digest, size, NO_CACHE, io)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _stage(store: Store) -> tuple[Path, int]:
     """A fresh staging directory and its ``blob`` file, open for writing (in a store thread)."""
     staging = store.new_temp("upblob")
@@ -126,17 +134,27 @@ async def _fetch_blob(session: aiohttp.ClientSession, store: Store, up: Attempt,
         target = staging / "blob"
         sha = hashlib.sha256()
         got = 0
+        pending: asyncio.Future[Any] | None = None  # the chunk before, being hashed and written
         try:
             async with session.get(f"{base}/v1/blobs/{digest}", proxy=up.proxy, headers=headers,
-                                   timeout=_TIMEOUT) as resp:
+                                   timeout=_TIMEOUT, read_bufsize=_READ_BUFFER) as resp:
                 resp.raise_for_status()
-                async for chunk in resp.content.iter_chunked(1 << 20):
+                async for chunk in resp.content.iter_chunked(_CHUNK):
                     got += len(chunk)
                     if got > size:
                         break
-                    sha.update(chunk)
-                    await io.run(os.write, fd, chunk, what=f"write blob {digest}")
+                    if pending is not None:
+                        await pending
+                    # Hashed (hashlib lets go of the GIL) and written in threads, in order, while
+                    # the loop reads the next chunk: receive, hash and write run side by side.
+                    pending = asyncio.gather(asyncio.to_thread(sha.update, chunk),
+                                             io.run(_write_all, fd, chunk, what=f"write blob {digest}"))
+            if pending is not None:
+                await pending
+                pending = None
         finally:
+            if pending is not None:  # failed midway: no thread may still write when fd closes
+                await asyncio.gather(pending, return_exceptions=True)
             await io.run(os.close, fd, what=f"close blob {digest}")
         if got != size:
             raise IntegrityError(f"upstream {base}: blob {digest} arrived with {'more than ' if got > size else ''}"
