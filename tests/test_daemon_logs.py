@@ -35,9 +35,15 @@ def daemons() -> Iterator[list[Daemon]]:
 
 def start(daemons: list[Daemon], cli: Cli, home: Path, *daemon_args: str, env: dict[str, str] | None = None,
           ) -> Daemon:
-    d = Daemon(home, {**cli.env, **(env or {})}, listen=f"127.0.0.1:{free_port()}", daemon_args=daemon_args)
-    daemons.append(d)
-    return d.wait_ready()
+    for attempt in range(3):  # the free port may be taken by another test's process before the daemon binds it
+        d = Daemon(home, {**cli.env, **(env or {})}, listen=f"127.0.0.1:{free_port()}", daemon_args=daemon_args)
+        daemons.append(d)
+        try:
+            return d.wait_ready()
+        except AssertionError as exc:
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def json_lines(d: Daemon) -> list[dict[str, Any]]:

@@ -32,10 +32,16 @@ def daemons() -> Iterator[list[Daemon]]:
 
 def start(daemons: list[Daemon], cli: Cli, home: Path, **env: str) -> tuple[Daemon, int]:
     assert cli("pull", TFHUB).code == 0
-    port = free_port()
-    d = Daemon(home, {**cli.env, **env}, listen=f"127.0.0.1:{port}")
-    daemons.append(d)
-    return d.wait_ready(), port
+    for attempt in range(3):  # the free port may be taken by another test's process before the daemon binds it
+        port = free_port()
+        d = Daemon(home, {**cli.env, **env}, listen=f"127.0.0.1:{port}")
+        daemons.append(d)
+        try:
+            return d.wait_ready(), port
+        except AssertionError as exc:
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def hit(port: int, source: str = "127.0.0.1") -> bytes:
