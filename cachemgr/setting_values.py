@@ -153,6 +153,18 @@ def parse_node_id(value: Any, source: str) -> str:
     return text
 
 
+FAULT_SPEC = re.compile(r"^(write|rename):([1-9][0-9]{0,6})(?::(exit|eio))?$")
+
+
+def parse_fault_at(value: Any, source: str) -> str:
+    """A crash-test hook (store/faults.py): ``write:N`` or ``rename:N``, optionally ``:eio``."""
+    text = str(value).strip()
+    if not FAULT_SPEC.fullmatch(text):
+        raise ConfigError(f"{source}: {value!r} is not a fault point; use write:N or rename:N (optionally :eio); "
+                          "it is a test hook, leave it unset otherwise")
+    return text
+
+
 def one_of(*allowed: str) -> Parser:
     def parse(value: Any, source: str) -> str:
         text = str(value).strip().lower()

@@ -33,6 +33,7 @@ from cachemgr.setting_values import (
     one_of,
     parse_bool,
     parse_ca_bundle,
+    parse_fault_at,
     parse_hosts,
     parse_listen,
     parse_mirrors,
@@ -143,6 +144,8 @@ class Settings:
     prune_grace: float = _setting(3600.0, parse_duration, "CACHEMGR_PRUNE_GRACE")
     scrub_rate: int | None = _setting(None, parse_size, "CACHEMGR_SCRUB_RATE")
     scrub_max_duration: float = _setting(600.0, parse_duration, "CACHEMGR_SCRUB_MAX_DURATION")
+    # A test hook for crash tests (store/faults.py): crash at the Nth write or rename. Leave unset.
+    fault_at: str | None = _setting(None, parse_fault_at, "CACHEMGR_FAULT_AT")
     config_files: tuple[Path, ...] = field(default=())
 
     @property

@@ -51,7 +51,7 @@ from cachemgr.errors import (
     StoreError,
     TruncatedBundleError,
 )
-from cachemgr.ingest.publish import relink
+from cachemgr.ingest.publish import publishing, relink
 from cachemgr.progress import Bar
 from cachemgr.settings import Settings
 from cachemgr.store.fs import disk_error, remove_quietly
@@ -350,16 +350,21 @@ def _store_blob(store: Store, tar: TarReader, member: Member, entry: BlobEntry, 
 
 
 def _publish(store: Store, bundle: BundleManifest, plan: ImportPlan) -> None:
-    """Everything checked: manifests and snapshots first (invisible), then refs and view links."""
+    """Everything checked: manifests and snapshots first (invisible), then view links and refs.
+
+    Each model's view links go before its ref, under a ``publishing`` note, as in
+    ``ingest.publish.record_model``: the next run undoes what a crash in between left half-done.
+    """
     try:
         for change in plan.changes:
             manifest = bundle.manifests[change.ref.manifest]
             store.write_manifest(manifest)
             store.materialize(manifest)
         index = RefIndex(store)
-        for change in plan.changes:
-            if change.status != "unchanged":
-                index.write(change.ref)
-            relink(store, change.ref)
+        with publishing(store, [change.ref.handle for change in plan.changes]):
+            for change in plan.changes:
+                relink(store, change.ref)
+                if change.status != "unchanged":
+                    index.write(change.ref)
     except OSError as exc:
         raise disk_error(exc, store.home) from None

@@ -20,8 +20,10 @@ import click
 
 from cachemgr.cli.output import fail
 from cachemgr.errors import CachemgrError, ConfigError, StoreError, UsageError
+from cachemgr.ingest.publish import finish_dead_publishes
 from cachemgr.settings import Settings, load_settings
-from cachemgr.store.fs import NO_SPACE, disk_error
+from cachemgr.store import faults
+from cachemgr.store.fs import NO_SPACE, clean_stale_temps, disk_error
 from cachemgr.store.objects import open_store
 from cachemgr.store.perms import DENIED
 from cachemgr.units import parse_duration, parse_size
@@ -102,7 +104,12 @@ def with_store(*, create: bool = False, missing_ok: bool = False, clean: bool = 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(c: Ctx, *args: Any, **kwargs: Any) -> Any:
-            store = open_store(c.settings, create=create, missing_ok=missing_ok, clean=clean)
+            store = open_store(c.settings, create=create, missing_ok=missing_ok, clean=False)
+            if store.exists():
+                finish_dead_publishes(store)  # a dead run's half-done ref/view update, before its temps go
+                if clean:
+                    clean_stale_temps(store.tmp, c.settings.temp_grace)
+            faults.arm(store.tmp, c.settings.fault_at)  # the crash tests' hook; unset, it does nothing
             return fn(c, store, *args, **kwargs)
         return wrapper  # type: ignore[return-value]
     return decorate

@@ -1,14 +1,26 @@
-"""Recording an ingested model: its ref (with provenance and aliases) and its view links."""
+"""Recording an ingested model: its ref (with provenance and aliases) and its view links.
+
+A ref and its view links are several files, so no rename publishes them together. While
+they change, a note ``tmp/publish.<host>.<pid>.<uuid>`` names the handles (``publishing``);
+a run killed in between leaves it, and the next command (``finish_dead_publishes``, before
+it collects the dead run's temps) sets those handles' view links to what their refs say.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from cachemgr.errors import StoreError
+from cachemgr.errors import CachemgrError, StoreError
 from cachemgr.handles import Handle, learned_handle
 from cachemgr.ingest.unpack import IngestResult
+from cachemgr.store.fs import disk_error, owner_of, pid_alive, remove_quietly, unique_name
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex, merged_aliases, with_aliases
+from cachemgr.store.usage import host_tag
 from cachemgr.store.view import link_aliases
 
 
@@ -44,8 +56,11 @@ def record_model(
         archive_size=archive_size,
         learned=tuple(dict.fromkeys(h.canonical for h in learned)),
     )
-    index.write(ref)
-    link_aliases(store, ref.aliases, ref.manifest)
+    # The view first, the ref last (a new handle killed in between leaves only links to a complete
+    # snapshot, which prune collects); the note lets the next run undo a half-done update.
+    with publishing(store, [ref.handle]):
+        link_aliases(store, ref.aliases, ref.manifest)
+        index.write(ref)
     return ref
 
 
@@ -63,6 +78,60 @@ def relink(store: Store, ref: Ref, extra: Handle | None = None) -> Ref:
                              "run `cachemgr verify --repair`") from None
     if extra is not None and any(a not in ref.aliases for a in extra.aliases()):
         ref = with_aliases(ref, extra.aliases())
-        RefIndex(store).write(ref)
+        with publishing(store, [ref.handle]):
+            link_aliases(store, ref.aliases, ref.manifest)  # before the ref names them (see record_model)
+            RefIndex(store).write(ref)
     link_aliases(store, ref.aliases, ref.manifest)
     return ref
+
+
+PUBLISH_NOTE = "publish"
+
+
+@contextmanager
+def publishing(store: Store, handles: Iterable[str]) -> Iterator[None]:
+    """Leave a note naming ``handles`` in tmp while their refs and view links change."""
+    note = store.tmp / unique_name(PUBLISH_NOTE)
+    try:
+        note.write_text("\n".join(handles) + "\n")
+    except OSError as exc:
+        raise disk_error(exc, store.tmp) from None
+    try:
+        yield
+    finally:
+        remove_quietly(note)
+
+
+def finish_dead_publishes(store: Store) -> list[str]:
+    """Relink the handles that runs which died on this host were publishing; returns them.
+
+    Each handle's view links are set to what its ref says (the ref is written last, so a
+    half-done update goes back to the old model; a new handle without a ref is left to prune).
+    """
+    healed: list[str] = []
+    try:
+        entries = [e for e in os.scandir(store.tmp) if e.name.startswith(PUBLISH_NOTE + ".")]
+    except FileNotFoundError:
+        return healed
+    index = RefIndex(store)
+    for entry in entries:
+        owner = owner_of(entry.name)
+        if owner is None or owner[0] != host_tag() or pid_alive(owner[1]):
+            continue
+        try:
+            handles = Path(entry.path).read_text().split()
+        except OSError:
+            continue
+        for handle in handles:
+            try:
+                ref = index.read(handle)
+                if ref is not None:
+                    relink(store, ref)
+                    healed.append(handle)
+            except (CachemgrError, OSError):
+                continue  # verify reports it (another user's store: theirs to finish)
+        try:
+            remove_quietly(Path(entry.path))
+        except OSError:
+            pass
+    return healed

@@ -19,6 +19,7 @@ from cachemgr.ingest.publish import relink
 from cachemgr.lifecycle.hashing import sha256_file
 from cachemgr.lifecycle.problems import ProblemKind, VerifyReport
 from cachemgr.settings import Settings
+from cachemgr.store.manifest import Limits
 from cachemgr.store.objects import Store
 from cachemgr.store.quarantine import quarantine
 from cachemgr.store.refs import Ref, RefIndex
@@ -74,7 +75,7 @@ def _refetch(settings: Settings, store: Store, handles: list[str]) -> dict[str, 
 def _from_bundle(settings: Settings, store: Store, bundle: Path, handles: list[str]) -> dict[str, str]:
     """Import ``bundle`` (it verifies every blob it brings); handles it did not restore fail."""
     try:
-        import_bundle(store, [bundle], tuple(settings.trusted_keys))
+        import_bundle(store, [bundle], tuple(settings.trusted_keys), limits=Limits.of(settings))
     except CachemgrError as err:
         return {h: f"importing {bundle} failed: {err}" for h in handles}
     index = RefIndex(store)
@@ -134,6 +135,8 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
         except (CachemgrError, OSError) as exc:
             errors[h] = f"{h}: cannot rebuild locally ({exc}); re-pull it"
 
+    _relink_sharers(store, refs, {(index.read(h) or by_handle[h]).manifest for h in fixed if h in by_handle})
+
     for p in report.problems:
         if p.kind is ProblemKind.VIEW_DANGLING or not p.kind.repairable:
             continue
@@ -146,6 +149,20 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
             fetched = "imported from the bundle" if bundle else "re-fetched"
             p.action = p.action or (fetched if any(h in fetch for h in p.models) else "rebuilt locally")
     report.repair_errors.extend(_repair_message(h, e, settings) for h, e in sorted(errors.items()))
+
+
+def _relink_sharers(store: Store, refs: list[Ref], repaired: set[str]) -> None:
+    """Relink every ref whose model (manifest) was repaired, not only the one the problem named.
+
+    Two handles may name one model; verify reports a damaged snapshot once, under the first, and
+    taking it out of service unlinked the aliases of all of them (a killed repair leaves that).
+    """
+    for ref in refs:
+        if ref.manifest in repaired:
+            try:
+                relink(store, ref)
+            except CachemgrError:
+                pass  # its own problem, reported on its own
 
 
 def _repair_message(handle: str, error: str, settings: Settings) -> str:

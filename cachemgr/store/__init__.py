@@ -12,6 +12,7 @@ pins.py        pin records (GC roots) under ``pins/``
 usage.py       last-use records under ``uses/``
 quarantine.py  corrupt content moved aside under ``quarantine/``
 fs.py          unique temps, atomic publish, stale-temp cleanup, disk errors
-perms.py       the mode policy (a setgid home is shared by its group), permission checks and errors
 aio.py         store calls from an event loop, in threads, and the calls stuck too long
+faults.py      a test hook: crash or fail at the Nth write or rename (fault_at)
+perms.py       the mode policy (a setgid home is shared by its group), permission checks and errors
 """

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from cachemgr.errors import NoSpaceError, StoreError
+from cachemgr.store import faults
 from cachemgr.store.perms import DENIED, FILE, READ_ONLY, permission_error
 from cachemgr.store.usage import host_tag
 
@@ -68,14 +69,20 @@ def disk_error(exc: OSError, what: Path | str) -> StoreError:
 def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = FILE) -> None:
     """Write ``data`` to a unique temp file in ``tmp_dir``, fsync, and rename over ``path``."""
     tmp = tmp_dir / unique_name("w")
+    fault = faults.check(tmp_dir, "write")  # a test hook (faults.py); None unless fault_at is set
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
+            if fault is not None:
+                os.write(fd, data[: len(data) // 2])
+                fault.fire(tmp)
             os.write(fd, data)
             os.fchmod(fd, mode)  # the mode asked for, whatever the umask (perms.py)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if (fault := faults.check(tmp_dir, "rename")) is not None:
+            fault.fire(path)
         os.replace(tmp, path)
     except OSError as exc:
         remove_quietly(tmp)
@@ -110,6 +117,8 @@ def atomic_symlink(target: str, path: Path, tmp_dir: Path) -> None:
     tmp = tmp_dir / unique_name("l")
     try:
         os.symlink(target, tmp)
+        if (fault := faults.check(tmp_dir, "rename")) is not None:
+            fault.fire(path)
         os.replace(tmp, path)
     except OSError as exc:
         remove_quietly(tmp)
