@@ -64,9 +64,9 @@ def _cap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
 
 
-def import_capped(home: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def import_capped(home: Path, bundle: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cachemgr", "import", str(bundle), *args], cwd=REPO,
-                          env=dict(BASE_ENV, CACHEMGR_HOME=str(home)), capture_output=True, text=True,
+                          env=dict(BASE_ENV, CACHEMGR_HOME=str(home), **env), capture_output=True, text=True,
                           timeout=300, preexec_fn=_cap_memory)
 
 
@@ -146,3 +146,15 @@ def test_the_crafting_itself_imports_when_it_changes_nothing(src: Src, disk: Sma
     r = import_capped(disk.home, bundle)
     assert r.returncode == 0, r.stderr[-2000:]
     assert Cli(disk.home, src.env)("verify").code == 0
+
+
+def test_the_operators_caps_apply_to_bundles(src: Src, disk: SmallDisk) -> None:
+    """A genuine bundle over the configured max_model_size / max_entries is refused the same way."""
+    for env, needle in (({"CACHEMGR_MAX_MODEL_SIZE": "1K"}, "more than max_model_size"),
+                        ({"CACHEMGR_MAX_ENTRIES": "2"}, "more than max_entries")):
+        r = import_capped(disk.home, src.root / "mymul.tar.zst", **env)
+        assert r.returncode == 9 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (disk.home / "refs").is_dir() or os.listdir(disk.home / "refs") == []
+        assert not (disk.home / "tmp").is_dir() or os.listdir(disk.home / "tmp") == []
+    r = import_capped(disk.home, src.root / "mymul.tar.zst")
+    assert r.returncode == 0, r.stderr

@@ -195,7 +195,8 @@ def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ..
     for group in _expand(files):
         bar = Bars(sys.stderr.isatty() and not as_json).new(f"import {group[0].name}")
         try:
-            results.append(import_bundle(store, group, tuple(dict.fromkeys(trusted)), bar, dry_run=dry_run))
+            results.append(import_bundle(store, group, tuple(dict.fromkeys(trusted)), bar, dry_run=dry_run,
+                                         limits=Limits.of(c.settings)))
         finally:
             bar.close()
         if not as_json:
