@@ -68,7 +68,7 @@ def test_pull_import_and_repair_fail_fast_and_keep_nothing(disk: SmallDisk, cli:
     assert disk.fill() > 0
     origin.reset_counters()
     assert_no_space(store("pull", TEXT2), disk)
-    assert origin.started() == 1, "a full disk is not retried: the archive was asked for more than once"
+    assert origin.started() <= 1, "a full disk is not retried: the archive was asked for more than once"
     assert_no_space(store("import", str(bundle)), disk)
     assert refs(disk.home) == before
     assert assert_verifies(store)["models"] == 2
