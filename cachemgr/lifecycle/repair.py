@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 
 from cachemgr.bundle.importer import import_bundle
-from cachemgr.errors import CachemgrError
+from cachemgr.errors import CachemgrError, NoSpaceError
 from cachemgr.ingest.publish import relink
 from cachemgr.lifecycle.hashing import sha256_file
 from cachemgr.lifecycle.problems import ProblemKind, VerifyReport
 from cachemgr.settings import Settings
+from cachemgr.store.fs import NO_SPACE, disk_error
 from cachemgr.store.manifest import Limits
 from cachemgr.store.objects import Store
 from cachemgr.store.quarantine import quarantine
@@ -69,6 +70,9 @@ def _refetch(settings: Settings, store: Store, handles: list[str]) -> dict[str, 
     from cachemgr.fetch.pull import pull_handles  # aiohttp: only a re-fetch needs it
 
     results = pull_handles(settings, store, handles, refresh=True)
+    for r in results:
+        if isinstance(r.error, NoSpaceError):
+            raise r.error  # a full disk stops the repair (exit 10), it is no failed re-fetch
     return {r.asked: str(r.error) for r in results if r.error is not None}
 
 
@@ -76,6 +80,8 @@ def _from_bundle(settings: Settings, store: Store, bundle: Path, handles: list[s
     """Import ``bundle`` (it verifies every blob it brings); handles it did not restore fail."""
     try:
         import_bundle(store, [bundle], tuple(settings.trusted_keys), limits=Limits.of(settings))
+    except NoSpaceError:
+        raise
     except CachemgrError as err:
         return {h: f"importing {bundle} failed: {err}" for h in handles}
     index = RefIndex(store)
@@ -132,7 +138,11 @@ def repair(settings: Settings, store: Store, report: VerifyReport, refs: list[Re
             if any(k.local or k.out_of_service for k in kinds):
                 relink(store, ref)
             fixed.add(h)
+        except NoSpaceError:
+            raise
         except (CachemgrError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                raise disk_error(exc, store.home) from None
             errors[h] = f"{h}: cannot rebuild locally ({exc}); re-pull it"
 
     _relink_sharers(store, refs, {(index.read(h) or by_handle[h]).manifest for h in fixed if h in by_handle})
