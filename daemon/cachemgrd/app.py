@@ -215,7 +215,8 @@ async def _serve_stored(request: web.Request, kind: str, path_of: Callable[[Stor
     digest = request.match_info["digest"]
     store = request.app[STATE].store
     if _DIGEST.match(digest):
-        resp = await serve_immutable(request, store.home, path_of(store, digest), digest, content_type)
+        resp = await serve_immutable(request, store.home, path_of(store, digest), digest, content_type,
+                                     request.app[STATE].io)
         if resp is not None:
             return resp
     return plain_error(404, "not_found", f"no {kind} {digest}")

@@ -7,14 +7,14 @@ may store it), ``ETag: "<sha256>"`` (``If-None-Match`` gives 304) and ``Accept-R
 Each body sent is logged (``sent /v1/blobs/<d>: N of SIZE bytes from START``).
 
 The file is opened without following any link (``open_no_follow``) and read from that
-descriptor, each step in a thread: the event loop makes no filesystem call, and a link planted
+descriptor, each step a store call in a thread (``StoreIO``: reported when it hangs on a network
+mount): the event loop makes no filesystem call, and a link planted
 in a shared store is never served. aiohttp's ``FileResponse`` would reopen the path by name
 (following links) on the loop's side and send its own mtime-based ETag.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cachemgr.store.aio import StoreIO
 from cachemgr.store.fs import open_no_follow
 
 log = logging.getLogger("cachemgrd")
@@ -74,21 +75,21 @@ def _open(home: Path, path: Path) -> tuple[int, int] | None:
 
 
 async def serve_immutable(request: web.Request, home: Path, path: Path, digest: str,
-                          content_type: str) -> web.StreamResponse | None:
+                          content_type: str, io: StoreIO) -> web.StreamResponse | None:
     """The file at ``path`` (below ``home``), named by ``digest``; None when there is no such
     regular file (the caller answers 404)."""
-    opened = await asyncio.to_thread(_open, home, path)
+    opened = await io.run(_open, home, path, what=f"open {path.name}")
     if opened is None:
         return None
     fd, size = opened
     try:
-        return await _answer(request, fd, size, digest, content_type)
+        return await _answer(request, fd, size, digest, content_type, io)
     finally:
-        asyncio.get_running_loop().run_in_executor(None, os.close, fd)  # not awaited: a cancel cannot leak it
+        io.submit(os.close, fd, what=f"close {path.name}")  # not awaited: a cancel cannot leak it
 
 
 async def _answer(request: web.Request, fd: int, size: int, digest: str,
-                  content_type: str) -> web.StreamResponse:
+                  content_type: str, io: StoreIO) -> web.StreamResponse:
     headers = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE, "Accept-Ranges": "bytes"}
     if etag_matches(request.headers.get("If-None-Match"), digest):
         return web.Response(status=304, headers=headers)
@@ -110,7 +111,7 @@ async def _answer(request: web.Request, fd: int, size: int, digest: str,
     if request.method != "HEAD":
         offset, end = start, start + count
         while offset < end:
-            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)
+            chunk = await io.run(os.pread, fd, min(CHUNK, end - offset), offset, what=f"read {digest}")
             if not chunk:
                 break  # the file shrank under us: the client sees a short body and retries
             await resp.write(chunk)
