@@ -45,7 +45,7 @@ UPSTREAM_CONNECT_TIMEOUT = 2.0
 # Sent when an answer arrived corrupt and is asked for again: a cache on the way fetches anew.
 NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
 _TIMEOUT = aiohttp.ClientTimeout(sock_connect=UPSTREAM_CONNECT_TIMEOUT, sock_read=60)
-_CHUNK = 1 << 20  # a blob's bytes are hashed and written this many at a time
+_CHUNK = 4 << 20  # a blob's bytes are hashed and written this many at a time
 _READ_BUFFER = 4 << 20  # aiohttp's default, 64 KiB, stops reading the socket at 128 KiB buffered
 
 
