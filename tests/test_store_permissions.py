@@ -71,7 +71,7 @@ def test_another_users_private_store_is_reported_with_the_fix(site: Site) -> Non
     before = snapshot(store)
     res = site.run(BOB, "pull", TEXT1, home=store)
     one_line_error(res, f"store {store} is owned by {ALICE} and not writable by you", "--home",
-                   "ask for group access")
+                   f"ask for group access (chgrp -R GROUP {store};")
     assert snapshot(store) == before
     assert site.run(BOB, "ls", home=store).code == 0, "reading another user's store must work"
     assert MYMUL in site.run(BOB, "ls", home=store).out

@@ -127,6 +127,7 @@ def not_writable(home: Path, path: Path) -> StorePermissionError:
     if st.st_mode & stat.S_IWGRP and st.st_gid not in (os.getgid(), *os.getgroups()):
         fix = f"ask to be added to group {group}"
     else:  # no g+w on files: content stays read-only (verify checks it); directories get g+ws
+        group = group if st.st_mode & stat.S_ISGID else "GROUP"  # not shared yet: its group may be the owner's own
         fix = (f"ask for group access (chgrp -R {group} {home}; chmod -R g+rX {home}; "
                f"find {home} -type d -exec chmod g+ws {{}} +)")
     return StorePermissionError(f"{what} owned by {owner} and not writable by you: {fix} or use --home")
