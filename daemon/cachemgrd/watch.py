@@ -185,22 +185,16 @@ class Watcher:
         settings = self.state.settings
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
-            try:  # a job of minutes, not one store call: the default executor
-                result = await loop.run_in_executor(None, auto_prune, settings, self.state.store)
+            try:  # a job of minutes, not one store call: the default executor (it logs its own line)
+                await loop.run_in_executor(None, auto_prune, settings, self.state.store)
             except (CachemgrError, OSError) as err:
                 log.error("automatic prune failed: %s", err)
-            else:
-                if result is not None and result.freed_bytes:
-                    log.info("automatic prune freed %d bytes", result.freed_bytes)
         if settings.scrub_rate and now - self._last_scrub >= SCRUB_EVERY:
             self._last_scrub = now
-            try:
-                report = await loop.run_in_executor(None, scrub, settings, self.state.store)
+            try:  # scrub logs its own line
+                await loop.run_in_executor(None, scrub, settings, self.state.store)
             except (CachemgrError, OSError) as err:
                 log.error("background scrub failed: %s", err)
-            else:
-                log.info("background scrub: %d blobs, %d bytes, %d problems%s", report.blobs, report.bytes,
-                         len(report.problems), " (partial, continues next time)" if report.partial else "")
 
     async def sweep(self) -> None:
         """Stale locks, directories to adopt and the prefetch list, found without blocking hits."""
