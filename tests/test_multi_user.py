@@ -131,3 +131,26 @@ def test_a_lease_taken_under_umask_077_is_readable_by_the_group(site: Site) -> N
     assert held.out.strip() == "0o644", "bob's lease is not readable by the other users of the store"
     seen = site.as_user(ALICE, [sys.executable, "-c", READ, str(site.store)])
     assert seen.code == 0 and seen.out.strip() == "n1", seen.err[-2000:]
+
+
+KILLED = """
+import io, os, sys
+from pathlib import Path
+from cachemgr.ingest.unpack import TreeBuilder
+from cachemgr.store.manifest import Limits
+from cachemgr.store.objects import Store
+store = Store(Path(sys.argv[1]))
+store.create()
+builder = TreeBuilder(store, Limits(1 << 20, 100), "killed")
+builder.add_dir("variables")
+builder.add_file("variables/variables.index", 0o644, io.BytesIO(b"x"))
+os._exit(9)  # dies mid-ingest: its temp stays for the next run to collect
+"""
+
+
+def test_the_temps_of_a_dead_ingest_are_collected_by_another_user(site: Site) -> None:
+    dead = site.as_user(ALICE, [sys.executable, "-c", KILLED, str(site.store)])
+    assert dead.code == 9, dead.err[-2000:]
+    assert [p.name.split(".")[0] for p in (site.store / "tmp").iterdir()] == ["ingest"]
+    ok(site.run(BOB, "pull", MYMUL, umask=0o077), "bob pull")
+    assert list((site.store / "tmp").iterdir()) == [], "bob could not collect alice's dead temp"

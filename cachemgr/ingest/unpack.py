@@ -27,9 +27,10 @@ from cachemgr.errors import (
 )
 from cachemgr.ingest.decompress import Compression, Readable, open_decompressed
 from cachemgr.ingest.tarheaders import guarded_tarinfo
-from cachemgr.store.fs import disk_error, remove_quietly
+from cachemgr.store.fs import disk_error, remove_quietly, unique_name
 from cachemgr.store.manifest import FileEntry, Limits, Manifest, check_manifest
 from cachemgr.store.objects import Store
+from cachemgr.store.perms import make_dir, make_dirs
 
 T = TypeVar("T")
 CHUNK = 256 * 1024  # small enough to stay in cache; 1 MiB chunks measured ~40% slower
@@ -66,7 +67,7 @@ class TreeBuilder:
         self.name = name
         self.staging = store.new_temp("ingest")
         self.tree = self.staging / "tree"
-        self.tree.mkdir()
+        make_dir(self.tree, store.modes.dir)  # the store's modes: any member of its group may collect it
         self.files: dict[str, FileEntry] = {}
         self.dirs: set[str] = set()
         self.made: set[str] = set()  # every directory in the tree, explicit or a parent made on the way
@@ -103,7 +104,7 @@ class TreeBuilder:
         target = self._target(path)
         self._count_parents(path)
         try:
-            target.mkdir(parents=True, exist_ok=True)
+            make_dirs(target, self.store.modes.dir)
         except (FileExistsError, NotADirectoryError):
             raise UnsafeArchiveError(f"{self.name}: {path!r} is both a file and a directory") from None
         except OSError as exc:
@@ -125,7 +126,7 @@ class TreeBuilder:
         target = self._target(path)
         self._count_parents(path)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent, self.store.modes.dir)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             raise UnsafeArchiveError(f"{self.name}: {path!r} collides with another entry") from None
@@ -165,6 +166,7 @@ class TreeBuilder:
                     new_blobs += 1
                     new_bytes += entry.size
             digest = self.store.write_manifest(manifest)
+            _set_aside_if_partial(self.store, manifest, digest)
             snapshot = self.store.publish_snapshot(self.tree, digest)
         except OSError as exc:
             raise disk_error(exc, self.store.home) from None
@@ -172,6 +174,30 @@ class TreeBuilder:
 
     def cleanup(self) -> None:
         remove_quietly(self.staging)
+
+
+def _set_aside_if_partial(store: Store, manifest: Manifest, digest: str) -> None:
+    """An existing ``snapshots/<digest>`` missing a file (or with one of the wrong size) is no snapshot.
+
+    ``publish_snapshot`` keeps an existing one; one left incomplete (say, by a process killed
+    while deleting it) is renamed into tmp and removed, so that ours is published instead.
+    """
+    dest = store.snapshot_path(digest)
+    if not dest.is_dir():
+        return
+    for f in manifest.files:
+        try:
+            if os.lstat(dest / f.path).st_size == f.size:
+                continue
+        except FileNotFoundError:
+            pass
+        aside = store.tmp / unique_name("partial")
+        try:
+            os.rename(dest, aside)
+        except FileNotFoundError:
+            return
+        remove_quietly(aside)
+        return
 
 
 def ingest_stream(store: Store, source: Readable, name: str, limits: Limits) -> IngestResult:
