@@ -178,7 +178,7 @@ def one_of(*allowed: str) -> Parser:
 def parse_hosts(value: Any, source: str) -> tuple[str, ...]:
     items = value.replace(",", " ").split() if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not all(isinstance(h, str) and h for h in items):
-        raise ConfigError(f"{source}: insecure_registries must be a list of HOST[:PORT]")
+        raise ConfigError(f"{source}: must be a list of HOST[:PORT], e.g. registry.internal:5000")
     return tuple(items)
 
 

@@ -110,6 +110,8 @@ class Settings:
     upstreams: tuple[UpstreamGroup, ...] = _setting((), parse_upstreams, "CACHEMGR_UPSTREAMS")
     # An HTTP proxy for upstreams without one of their own; HTTP_PROXY/http_proxy when unset.
     proxy: str | None = _setting(None, parse_proxy, "CACHEMGR_PROXY")
+    # Hosts reached directly, never through ``proxy`` (curl's NO_PROXY rules); NO_PROXY when unset.
+    no_proxy: tuple[str, ...] = _setting((), parse_hosts, "CACHEMGR_NO_PROXY")
     # OCI registries: plain HTTP only for these (and for localhost, docker's rule);
     # credentials from a docker config.json (REGISTRY_AUTH_FILE, else $DOCKER_CONFIG/config.json,
     # else ~/.docker/config.json; the file need not exist).
@@ -226,6 +228,11 @@ def load_settings(
         for var in ("HTTP_PROXY", "http_proxy"):
             if env.get(var):
                 values["proxy"] = _convert("proxy", env[var], f"environment variable {var}")
+                break
+    if "no_proxy" not in values:
+        for var in ("NO_PROXY", "no_proxy"):
+            if env.get(var):
+                values["no_proxy"] = _convert("no_proxy", env[var], f"environment variable {var}")
                 break
     if "registry_auth_file" not in values:
         docker = Path(env["DOCKER_CONFIG"]) if env.get("DOCKER_CONFIG") else (

@@ -45,6 +45,16 @@ def test_a_group_s_proxy_wins_over_the_default() -> None:
     assert "through http://squid:3128" in plan[0].describe() and "group 1" in plan[0].describe()
 
 
+def test_no_proxy_hosts_bypass_the_default_proxy_but_not_a_groups_own() -> None:
+    settings = load_settings({"CACHEMGR_UPSTREAMS": f"{A};{B};http://x.site.internal:8470", "HOME": "/nonexistent",
+                              "HTTP_PROXY": "http://default:3128", "NO_PROXY": "b,.site.internal"})
+    assert settings.no_proxy == ("b", ".site.internal")
+    plan = Failover(random.Random(1)).plan(settings.upstreams, settings.proxy, 0.0, settings.no_proxy)
+    assert [a.proxy for a in plan] == ["http://default:3128", None, None]
+    own = (UpstreamGroup((B,), proxy=SQUID),)
+    assert [a.proxy for a in Failover().plan(own, settings.proxy, 0.0, settings.no_proxy)] == [SQUID]
+
+
 def test_a_dead_upstream_is_skipped_for_a_doubling_backoff_then_tried_again() -> None:
     groups = groups_from_env(f"{A}|{B};{C}")
     failover = Failover(random.Random(3))

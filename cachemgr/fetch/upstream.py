@@ -264,7 +264,7 @@ async def fetch_from_upstreams(
     of dead upstreams (a fresh one when None). Blobs an upstream delivered before it failed
     stay, so the next one sends only the rest."""
     failover = failover if failover is not None else Failover()
-    plan = failover.plan(settings.upstreams, settings.proxy, time.monotonic())
+    plan = failover.plan(settings.upstreams, settings.proxy, time.monotonic(), settings.no_proxy)
     log.info("upstreams for %s: %s", handle.asked, ", ".join(a.describe() for a in plan))
     for up in plan:
         log.info("trying upstream %s for %s", up.describe(), handle.asked)

@@ -17,6 +17,7 @@ the random source (pass a seeded ``random.Random`` for repeatable order) and the
 from __future__ import annotations
 
 import random
+import urllib.parse
 from dataclasses import dataclass, field
 
 from cachemgr.setting_values import UpstreamGroup
@@ -50,15 +51,17 @@ class Failover:
         entry = self.dead.get(url)
         return entry is not None and now < entry[0]
 
-    def plan(self, groups: tuple[UpstreamGroup, ...], default_proxy: str | None, now: float) -> list[Attempt]:
-        """The attempts for one fetch, in order: each group's live members shuffled, group after group."""
+    def plan(self, groups: tuple[UpstreamGroup, ...], default_proxy: str | None, now: float,
+             no_proxy: tuple[str, ...] = ()) -> list[Attempt]:
+        """The attempts for one fetch, in order: each group's live members shuffled, group after group.
+        A group's own proxy always applies; the default one not to hosts ``no_proxy`` names."""
         every: list[Attempt] = []
         live: list[Attempt] = []
         for index, group in enumerate(groups):
             members = list(group.urls)
             self.rng.shuffle(members)
             for url in members:
-                attempt = Attempt(url, group.proxy or default_proxy, index)
+                attempt = Attempt(url, group.proxy or _unless_bypassed(url, default_proxy, no_proxy), index)
                 every.append(attempt)
                 if not self.is_dead(url, now):
                     live.append(attempt)
@@ -74,3 +77,15 @@ class Failover:
     def succeeded(self, url: str) -> bool:
         """Forget ``url``'s failures; whether it had any (it is back)."""
         return self.dead.pop(url, None) is not None
+
+
+def _unless_bypassed(url: str, proxy: str | None, no_proxy: tuple[str, ...]) -> str | None:
+    """``proxy``, or None when ``url``'s host is in ``no_proxy`` (the standard library's NO_PROXY rules)."""
+    if proxy is None or not no_proxy:
+        return proxy
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    for entry in no_proxy:  # curl's rules: "*", a host, or a domain suffix (leading dot optional)
+        name = entry.strip().lower().lstrip(".").split(":")[0]
+        if name == "*" or host == name or host.endswith("." + name):
+            return None
+    return proxy
