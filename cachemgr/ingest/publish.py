@@ -8,6 +8,7 @@ it collects the dead run's temps) sets those handles' view links to what their r
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -58,7 +59,7 @@ def record_model(
     )
     # The view first, the ref last (a new handle killed in between leaves only links to a complete
     # snapshot, which prune collects); the note lets the next run undo a half-done update.
-    with publishing(store, [ref.handle]):
+    with publishing(store, [ref]):
         link_aliases(store, ref.aliases, ref.manifest)
         index.write(ref)
     return ref
@@ -78,7 +79,7 @@ def relink(store: Store, ref: Ref, extra: Handle | None = None) -> Ref:
                              "run `cachemgr verify --repair`") from None
     if extra is not None and any(a not in ref.aliases for a in extra.aliases()):
         ref = with_aliases(ref, extra.aliases())
-        with publishing(store, [ref.handle]):
+        with publishing(store, [ref]):
             link_aliases(store, ref.aliases, ref.manifest)  # before the ref names them (see record_model)
             RefIndex(store).write(ref)
     link_aliases(store, ref.aliases, ref.manifest)
@@ -89,11 +90,12 @@ PUBLISH_NOTE = "publish"
 
 
 @contextmanager
-def publishing(store: Store, handles: Iterable[str]) -> Iterator[None]:
-    """Leave a note naming ``handles`` in tmp while their refs and view links change."""
+def publishing(store: Store, refs: Iterable[Ref]) -> Iterator[None]:
+    """Leave a note naming the refs' handles and aliases in tmp while their refs and view links change."""
     note = store.tmp / unique_name(PUBLISH_NOTE)
+    body = json.dumps([{"handle": r.handle, "aliases": list(r.aliases)} for r in refs])
     try:
-        note.write_text("\n".join(handles) + "\n")
+        note.write_text(body)
     except OSError as exc:
         raise disk_error(exc, store.tmp) from None
     try:
@@ -103,10 +105,11 @@ def publishing(store: Store, handles: Iterable[str]) -> Iterator[None]:
 
 
 def finish_dead_publishes(store: Store) -> list[str]:
-    """Relink the handles that runs which died on this host were publishing; returns them.
+    """Undo what runs that died on this host left half-published; returns the handles seen.
 
-    Each handle's view links are set to what its ref says (the ref is written last, so a
-    half-done update goes back to the old model; a new handle without a ref is left to prune).
+    A handle with a ref gets its view links set to what the ref says (the ref is written
+    last, so a half-done update goes back to the old model). A new handle whose ref was never
+    written loses the view links it got, unless another ref owns the alias.
     """
     healed: list[str] = []
     try:
@@ -119,19 +122,31 @@ def finish_dead_publishes(store: Store) -> list[str]:
         if owner is None or owner[0] != host_tag() or pid_alive(owner[1]):
             continue
         try:
-            handles = Path(entry.path).read_text().split()
-        except OSError:
-            continue
-        for handle in handles:
-            try:
-                ref = index.read(handle)
-                if ref is not None:
-                    relink(store, ref)
-                    healed.append(handle)
-            except (CachemgrError, OSError):
-                continue  # verify reports it (another user's store: theirs to finish)
+            notes = json.loads(Path(entry.path).read_bytes())
+            for item in notes:
+                _finish(store, index, str(item["handle"]), [str(a) for a in item["aliases"]])
+                healed.append(str(item["handle"]))
+        except (CachemgrError, OSError, ValueError, TypeError, KeyError):
+            pass  # verify reports what is left (another user's store: theirs to finish)
         try:
             remove_quietly(Path(entry.path))
         except OSError:
             pass
     return healed
+
+
+def _finish(store: Store, index: RefIndex, handle: str, aliases: list[str]) -> None:
+    ref = index.read(handle)
+    if ref is not None:
+        relink(store, ref)
+        return
+    for alias in aliases:
+        owner = index.canonical_for(alias)
+        other = index.read(owner) if owner is not None else None
+        if other is not None:
+            relink(store, other)
+            continue
+        entry = store.view_entry(alias)
+        if entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            entry.with_name(f"{entry.name}.descriptor.txt").unlink(missing_ok=True)
