@@ -21,6 +21,7 @@ import click
 from cachemgr.cli.output import fail
 from cachemgr.errors import CachemgrError, ConfigError, StoreError, UsageError
 from cachemgr.ingest.publish import finish_dead_publishes
+from cachemgr.lifecycle.prune_undo import roll_back_dead_prunes
 from cachemgr.settings import Settings, load_settings
 from cachemgr.store import faults
 from cachemgr.store.fs import NO_SPACE, clean_stale_temps, disk_error
@@ -107,6 +108,7 @@ def with_store(*, create: bool = False, missing_ok: bool = False, clean: bool = 
             store = open_store(c.settings, create=create, missing_ok=missing_ok, clean=False)
             if store.exists():
                 finish_dead_publishes(store)  # a dead run's half-done ref/view update, before its temps go
+                roll_back_dead_prunes(c.settings, store)  # a dead prune's trash: what refs need goes back
                 if clean:
                     clean_stale_temps(store.tmp, c.settings.temp_grace)
             faults.arm(store.tmp, c.settings.fault_at)  # the crash tests' hook; unset, it does nothing

@@ -25,6 +25,7 @@ from cachemgr.cluster.exclusive import exclusive
 from cachemgr.cluster.nodes import announce
 from cachemgr.errors import StoreBusyError
 from cachemgr.lifecycle.prune_plan import Eviction, PrunePlan, PrunePolicy, plan_prune
+from cachemgr.lifecycle.prune_undo import is_trash, roll_back
 from cachemgr.lifecycle.scan import scan, scan_models
 from cachemgr.progress import Bar
 from cachemgr.settings import Settings
@@ -272,7 +273,10 @@ def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> Prun
             path = store.tmp / name
             try:
                 if os.lstat(path).st_mtime < taken_at:
-                    _empty(path, result)
+                    if is_trash(name):  # a dead prune's: what a ref still needs goes back first
+                        result.restored += len(roll_back(store, path))
+                    else:
+                        _empty(path, result)
                     result.temps += 1
             except FileNotFoundError:
                 continue
