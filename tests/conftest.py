@@ -87,6 +87,7 @@ def shared_store(gluster_bed: GlusterBed, origin: FakeOrigin) -> Iterator[Callab
     for store in made:
         store.stop_daemons()
 
+
 @pytest.fixture
 def site(origin: FakeOrigin) -> Iterator[Site]:
     """Real users alice and bob (group cmgr-share) and eve, a shared setgid directory for the store (users.py)."""
