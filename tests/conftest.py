@@ -7,6 +7,7 @@ modules import directly (never this file).
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import tests.support.fuzz  # noqa: F401  (registers the hypothesis profiles before --hypothesis-profile is read)
 from tests.support.cli import Cli
 from tests.support.cluster import SharedStore
+from tests.support.daemons import Daemon
 from tests.support.env import BASE_ENV
 from tests.support.gluster import GlusterBed
 from tests.support.origin import FakeOrigin
@@ -94,3 +96,12 @@ def site(origin: FakeOrigin) -> Iterator[Site]:
     shared = Site(ensure_users(), site_env(origin.mirrors))
     yield shared
     shared.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts (append them); each is killed at the end, whatever happened."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop(signal.SIGKILL)

@@ -9,11 +9,8 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.cli import Cli
 from tests.support.daemons import Daemon, free_port, http, wait_for
@@ -25,12 +22,6 @@ MISSING = "https://tfhub.dev/google/no-such-model/1"  # the origin answers 404
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop(signal.SIGKILL)
 
 
 def start(daemons: list[Daemon], cli: Cli, home: Path, *daemon_args: str, env: dict[str, str] | None = None,

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.cli import Cli
 from tests.support.daemons import Daemon, free_port
@@ -22,12 +18,6 @@ MIRROR_PATH = "/google/mymul/1?tf-hub-format=compressed"
 GIVE_UP = 60.0  # seconds after which a connection the daemon should have cut counts as held (the test fails)
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop(signal.SIGKILL)
 
 
 def start(daemons: list[Daemon], cli: Cli, home: Path, **env: str) -> tuple[Daemon, int]:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,6 @@ HANDLE = "https://tfhub.dev/site/model/1"
 _SENT = re.compile(r"sent /v1/(blobs|manifests)/([0-9a-f]{64}): (\d+) of (\d+) bytes")
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.stop(signal.SIGKILL)
 
 
 def start(daemons: list[Daemon], home: Path, env: dict[str, str], listen: bool = False) -> Daemon:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,6 +16,14 @@ from cachemgr.errors import ChecksFailedError, exit_code_for
 from cachemgr.progress import Bars
 from cachemgr.store.objects import Store
 from cachemgr.units import format_age, format_size, plural
+
+
+def _emit_plan(dry_run: bool, plan: Any, result: Any) -> None:
+    """prune's and rm's --json: the plan, and what was done unless it was a dry run."""
+    doc = {"dry_run": dry_run, "plan": plan.to_json()}
+    if result is not None:
+        doc["result"] = result.to_json()
+    emit_json(doc)
 
 
 def _when(ts: float | None) -> str:
@@ -127,10 +136,7 @@ def prune(c: Ctx, store: Store, max_size: int | None, unused_for: float | None, 
     finally:
         bar.close()
     if as_json:
-        doc = {"dry_run": dry_run, "plan": plan.to_json()}
-        if result is not None:
-            doc["result"] = result.to_json()
-        emit_json(doc)
+        _emit_plan(dry_run, plan, result)
         return
     verb = "would evict" if dry_run else "evict"
     for e in plan.evict:
@@ -230,10 +236,7 @@ def rm(c: Ctx, store: Store, handles: tuple[str, ...], force: bool, dry_run: boo
         raise refusal
     result = None if dry_run else run_remove(c.settings, store, plan)
     if as_json:
-        doc = {"dry_run": dry_run, "plan": plan.to_json()}
-        if result is not None:
-            doc["result"] = result.to_json()
-        emit_json(doc)
+        _emit_plan(dry_run, plan, result)
         return
     verb = "would remove" if dry_run else "remove"
     for e in plan.prune.evict:

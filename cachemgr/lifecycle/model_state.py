@@ -13,7 +13,6 @@ manifest and snapshot, one listing of the blobs); ``du`` classifies from its sto
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,17 +57,7 @@ def _blob_lister(store: Store, many: bool) -> Callable[[str], bool]:
     """Whether a blob is present: one listing of blobs/ for many models, a stat for one."""
     if not many:
         return store.has_blob
-    names: set[str] = set()
-    try:
-        subs = os.listdir(store.blobs)
-    except FileNotFoundError:
-        subs = []
-    for sub in subs:
-        try:
-            names.update(os.listdir(store.blobs / sub))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-    return names.__contains__
+    return store.blob_names().__contains__
 
 
 def states_of(store: Store, refs: Iterable[Ref]) -> dict[str, ModelState]:

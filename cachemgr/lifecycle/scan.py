@@ -193,16 +193,7 @@ def scan(store: Store, *, disk: bool = True) -> StoreScan:
         if snap_mtime is not None:
             snapshots[name] = snap_mtime
 
-    blobs: set[str] = set()
-    try:
-        subs = os.listdir(store.blobs)
-    except FileNotFoundError:
-        subs = []
-    for sub in subs:
-        try:
-            blobs.update(os.listdir(os.path.join(store.blobs, sub)))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+    blobs = store.blob_names()
     named = {sha for rec in manifests.values() for sha, _ in rec.blobs}
     loose: dict[str, tuple[int, float]] = {}
     for sha in blobs - named:

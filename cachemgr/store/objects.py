@@ -205,6 +205,20 @@ class Store:
         for sub in sorted(self.blobs.iterdir()) if self.blobs.is_dir() else []:
             yield from sorted(os.listdir(sub))
 
+    def blob_names(self) -> set[str]:
+        """Every blob's digest, from one listing per fan-out folder (never a stat per blob)."""
+        names: set[str] = set()
+        try:
+            subs = os.listdir(self.blobs)
+        except FileNotFoundError:
+            return names
+        for sub in subs:
+            try:
+                names.update(os.listdir(self.blobs / sub))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return names
+
     # -- manifests ---------------------------------------------------------------------
     def manifest_path(self, digest: str) -> Path:
         return self.manifests / f"{digest}.json"
