@@ -37,9 +37,14 @@ def blob_bytes(home: Path) -> int:
 
 
 def file_bytes(home: Path) -> int:
-    """Bytes of all regular files in the store, each inode counted once (hard links share)."""
+    """Bytes of all regular files in the store, each inode counted once (hard links share).
+
+    Not counted: the node records and leases (nodes/, leases/), which every writing command
+    rewrites, so their size moves by a byte or two whatever a prune frees."""
     seen: dict[tuple[int, int], int] = {}
-    for root, _dirs, files in os.walk(home):
+    for root, dirs, files in os.walk(home):
+        if root == str(home):
+            dirs[:] = [d for d in dirs if d not in ("nodes", "leases")]
         for name in files:
             st = os.lstat(os.path.join(root, name))
             if not os.path.islink(os.path.join(root, name)):
