@@ -17,11 +17,12 @@ def sha1(text: str) -> str:
 
 
 def tree_state(home: Path) -> list[tuple[str, int, str]]:
-    """Every entry of the store (temps and last-use records excluded): path, size, link target."""
+    """Every entry of the store (temps, last-use records, node records and leases excluded: the
+    bookkeeping every command rewrites): path, size, link target."""
     out = []
     for root, dirs, files in os.walk(home):
         rel_root = os.path.relpath(root, home)
-        if rel_root.split(os.sep)[0] in ("tmp", "uses"):
+        if rel_root.split(os.sep)[0] in ("tmp", "uses", "nodes", "leases"):
             continue
         for name in sorted(dirs + files):
             p = os.path.join(root, name)
