@@ -89,6 +89,9 @@ def _setting(default: Any, parse: Parser, env: str | None = None) -> Any:
 class Settings:
     home: Path = _setting(Path(), parse_path, "CACHEMGR_HOME")
     offline: bool = _setting(False, parse_bool, "CACHEMGR_OFFLINE")
+    # The view (what TFHUB_CACHE_DIR points at): HOME/view, or a directory of its own, e.g. a
+    # node-local one whose links point into a shared store (then at one path on every node).
+    view: Path | None = _setting(None, parse_path, "CACHEMGR_VIEW")
     mirrors: tuple[Mirror, ...] = _setting((), parse_mirrors, "CACHEMGR_MIRRORS")
     max_model_bytes: int = _setting(64 * 1024**3, parse_size, "CACHEMGR_MAX_MODEL_SIZE")
     max_entries: int = _setting(100_000, at_least(1), "CACHEMGR_MAX_ENTRIES")

@@ -54,6 +54,16 @@ _recorded: dict[str, float] = {}
 RECORD_EVERY = 60.0  # seconds: last use is for prune, minute granularity is plenty
 
 
+def _noted_home(cache_dir: str) -> str | None:
+    """The store a view of its own belongs to (its ``.cachemgr-store`` note), if it is one."""
+    try:
+        with open(os.path.join(cache_dir, ".cachemgr-store"), encoding="utf-8") as fh:
+            home = fh.readline().strip()
+    except OSError:
+        return None
+    return home if home and os.path.exists(os.path.join(home, "store-format")) else None
+
+
 def _record_use(cache_dir: str, name: str) -> None:
     """Touch the store's last-use record (at most once a minute per model and process)."""
     now = time.monotonic()
@@ -63,7 +73,7 @@ def _record_use(cache_dir: str, name: str) -> None:
     home = _managed.get(cache_dir, "")
     if home == "":
         parent = os.path.dirname(os.path.abspath(cache_dir))
-        home = parent if os.path.exists(os.path.join(parent, "store-format")) else None
+        home = parent if os.path.exists(os.path.join(parent, "store-format")) else _noted_home(cache_dir)
         _managed[cache_dir] = home
     if home is not None:
         from cachemgr.store.usage import record_use  # stdlib-only; imported on first use

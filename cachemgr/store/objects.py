@@ -45,6 +45,7 @@ from cachemgr.store.perms import (
 from cachemgr.store.usage import hub_key, uses_dir
 
 STORE_FORMAT = 1
+VIEW_NOTE = ".cachemgr-store"  # in a view outside the store: the store's home, one line
 # Every directory a writer may need, made up front with the store's modes (nodes/ and leases/ are cluster/'s).
 _SUBDIRS = ("blobs/sha256", "manifests/sha256", "snapshots", "refs", "aliases", "view", "tmp", "pins", "uses",
             "quarantine", "nodes", "leases")
@@ -53,14 +54,18 @@ _SUBDIRS = ("blobs/sha256", "manifests/sha256", "snapshots", "refs", "aliases", 
 class Store:
     """Paths and primitive operations of one store. Cheap to construct."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, view: Path | None = None) -> None:
         self.home = home
         self.blobs = home / "blobs" / "sha256"
         self.manifests = home / "manifests" / "sha256"
         self.snapshots = home / "snapshots"
         self.refs = home / "refs"
         self.aliases = home / "aliases"
-        self.view = home / "view"
+        # The view is the store's own view/ (relative links), or a directory of its own (``view``
+        # setting: a node-local view on each node, or one on another filesystem) whose links are
+        # absolute paths into the store: the store must then be at one path on every node.
+        self.view = view or home / "view"
+        self.view_elsewhere = view is not None and view != home / "view"
         self.tmp = home / "tmp"
         self.pins = home / "pins"
         self.uses = uses_dir(home)
@@ -77,7 +82,9 @@ class Store:
 
     def layout_dirs(self) -> list[Path]:
         """HOME and the fixed directories of the layout (what the permission checks look at)."""
-        return [self.home, *(self.home / sub for sub in _SUBDIRS), self.home / "blobs", self.home / "manifests"]
+        own_view = [self.view] if self.view_elsewhere else []
+        return [self.home, *(self.home / sub for sub in _SUBDIRS), self.home / "blobs", self.home / "manifests",
+                *own_view]
 
     def check_permissions(self, *, writing: bool) -> None:
         """Refuse a world-writable store directory; for a writer, one this user may not write."""
@@ -90,9 +97,11 @@ class Store:
         """The view entry tensorflow_hub resolves for ``alias``: ``view/<sha1(alias)>``."""
         return self.view / hub_key(alias)
 
-    @staticmethod
-    def view_target(digest: str) -> str:
-        """What a view entry links to: relative, so the tree works wherever it is mounted."""
+    def view_target(self, digest: str) -> str:
+        """What a view entry links to: relative, so the tree works wherever it is mounted; absolute
+        when the view is elsewhere."""
+        if self.view_elsewhere:
+            return str(self.snapshots / digest)
         return os.path.join("..", "snapshots", digest)
 
     # -- opening -----------------------------------------------------------------------
@@ -136,10 +145,22 @@ class Store:
         except OSError as exc:
             raise disk_error(exc, self.home) from None
         self.check_permissions(writing=True)
+        if self.view_elsewhere:
+            self._make_view()
         if not self.format_file().exists():
             body = json.dumps({"format": STORE_FORMAT, "kind": "cachemgr-store"}) + "\n"
             atomic_write(self.format_file(), body.encode(), self.tmp)
         self.check_format()
+
+    def _make_view(self) -> None:
+        """A view of its own, with a note that names the store (the shim records uses through it)."""
+        try:
+            make_dirs(self.view, self.modes.dir)
+            note = self.view / VIEW_NOTE
+            if not note.exists():
+                atomic_write(note, (str(self.home) + "\n").encode(), self.tmp)
+        except OSError as exc:
+            raise disk_error(exc, self.view) from None
 
     def new_temp(self, kind: str) -> Path:
         path = self.tmp / unique_name(kind)
@@ -313,7 +334,7 @@ def open_store(settings: Settings, *, create: bool = True, missing_ok: bool = Fa
     (NoStoreError), unless ``missing_ok``. An existing store's format is checked, and with
     ``clean`` the stale temps of dead runs are collected.
     """
-    store = Store(settings.home)
+    store = Store(settings.home, settings.view)
     if create:
         store.create()
     elif store.exists() or not missing_ok:
