@@ -75,9 +75,9 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     watcher.start()
     freeze_startup_objects()
 
-    def reload() -> None:
+    async def reload() -> None:
         try:
-            new = state.reload(overrides)
+            new = await state.reload(overrides)
         except CachemgrError as err:
             log.error("reload refused, keeping the running configuration: %s", err)
             return
@@ -90,7 +90,7 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
             log.warning("reload: this daemon started with one process; restart it to add workers")
         systemd.notify("STATUS=configuration reloaded", env)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: state.spawn(reload()))
     interval = systemd.watchdog_interval(env)
     if interval:
         async def ping() -> None:

@@ -118,9 +118,11 @@ class DaemonState:
         self.io.submit(self.puller.close, what="stop the ingest threads")  # joins them: not on the loop
         self.io.close()
 
-    def reload(self, overrides: Mapping[str, Any]) -> Settings:
-        """Re-read config and environment (SIGHUP). Raises ConfigError and keeps the old ones."""
-        settings = load_settings(self.env, self.config_arg, overrides)
+    async def reload(self, overrides: Mapping[str, Any]) -> Settings:
+        """Re-read config and environment (SIGHUP; the files in a store thread). Raises ConfigError
+        and keeps the old ones."""
+        settings = await self.io.run(load_settings, self.env, self.config_arg, overrides,
+                                     what="re-read the configuration")
         changed = [k for k in RESTART_ONLY if getattr(settings, k) != getattr(self.settings, k)]
         if changed:
             log.warning("reload: %s changed; restart the daemon to apply that (keeping the running value)",
@@ -128,6 +130,7 @@ class DaemonState:
             settings = replace(settings, **{k: getattr(self.settings, k) for k in changed})
         self.settings = settings
         self.puller.settings = settings  # same worker pool: fetches already running keep going
+        self.puller.coordinator.settings = settings
         self.io.stuck_after = settings.stuck_io_after
         log.info("configuration reloaded from %s", [str(p) for p in settings.config_files] or "defaults")
         return settings
