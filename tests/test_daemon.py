@@ -348,4 +348,4 @@ def test_daemon_background_scrub_quarantines_corruption(cli: Cli, origin: FakeOr
     d = start(daemons, cli, home, env={"CACHEMGR_SCRUB_RATE": "100M"})
     assert wait_for(lambda: not blob.exists() and not os.path.lexists(view), 60), d.output()
     assert any((home / "quarantine").iterdir())
-    assert wait_for(lambda: "background scrub" in d.output(), 30), d.output()
+    assert wait_for(lambda: "scrub: " in d.output() and "1 problem" in d.output(), 30), d.output()

@@ -88,7 +88,8 @@ def test_pinned_models_survive_and_refs_stay_complete(sources: Sources, steps: l
                     protected.add(HANDLES[step[1]])
             elif step[0] == "pin":
                 handle, expired = HANDLES[step[1]], step[2]
-                pins.pin(offline, store, handle, until=now - 1 if expired else None)
+                # an expired pin: made 2 s ago, until 1 s ago (a past until is refused now)
+                pins.pin(offline, store, handle, until=now - 1 if expired else None, now=now - 2 if expired else None)
                 (pinned.discard if expired else pinned.add)(handle)
                 (protected.discard if expired or not present(store, handle) else protected.add)(handle)
             elif step[0] == "unpin":

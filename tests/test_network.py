@@ -135,13 +135,18 @@ def test_killed_pull_leaves_no_ref_and_its_temp_is_cleaned(cli: Cli, origin: Fak
     proc.wait()
     release.set()
     assert os.listdir(home / "refs") == [] and os.listdir(home / "snapshots") == []
-    assert [n for n in os.listdir(home / "view")] == []
+    # Only tensorflow_hub's locks of the killed fetch (host.pid.uuid, one per spelling of the
+    # handle) are in the view: no entry.
+    locks = os.listdir(home / "view")
+    assert locks and all(n.endswith(".lock") for n in locks), locks
+    assert {(home / "view" / n).read_text().split(".")[-2] for n in locks} == {str(proc.pid)}
     leftovers = os.listdir(home / "tmp")
     assert leftovers and all(f".{proc.pid}." in n for n in leftovers)
 
     r = cli("pull", "https://tfhub.dev/google/mymul/1")
     assert r.code == 0, r.err
     assert os.listdir(home / "tmp") == [], "the dead pull's temp was not collected"
+    assert [n for n in os.listdir(home / "view") if n.endswith(".lock")] == [], "the dead pull's hub lock stayed"
 
 
 def test_bad_config_is_a_clear_error(cli: Cli, tmp_path: Path) -> None:

@@ -92,6 +92,7 @@ PUBLISH_NOTE = "publish"
 @contextmanager
 def publishing(store: Store, refs: Iterable[Ref]) -> Iterator[None]:
     """Leave a note naming the refs' handles and aliases in tmp while their refs and view links change."""
+    refs = list(refs)
     note = store.tmp / unique_name(PUBLISH_NOTE)
     body = json.dumps([{"handle": r.handle, "aliases": list(r.aliases)} for r in refs])
     try:
@@ -100,8 +101,39 @@ def publishing(store: Store, refs: Iterable[Ref]) -> Iterator[None]:
         raise disk_error(exc, store.tmp) from None
     try:
         yield
+        for digest in {r.manifest for r in refs}:
+            relink_missing_blobs(store, digest)
     finally:
         remove_quietly(note)
+
+
+def relink_missing_blobs(store: Store, digest: str) -> int:
+    """Give back a just-published model's blobs that a racing prune took (from its snapshot).
+
+    A prune that scanned before our ref existed may rename a blob we adopted into its trash
+    (its checks ran before our link) and delete it after re-reading the refs, a moment before
+    our ref appears. The snapshot's files are hard links to the same inodes, so the content is
+    still here: linking it back under ``blobs/`` makes the model whole. Once our ref is written,
+    no later prune takes these blobs. Returns how many were put back.
+    """
+    try:
+        manifest = store.read_manifest(digest)
+    except CachemgrError:
+        return 0
+    snapshot = store.snapshot_path(digest)
+    back = 0
+    for f in manifest.files:
+        if store.has_blob(f.sha256):
+            continue
+        try:
+            store.blob_path(f.sha256).parent.mkdir(exist_ok=True)
+            os.link(snapshot / f.path, store.blob_path(f.sha256))
+            back += 1
+        except FileExistsError:
+            continue
+        except OSError:
+            continue  # no snapshot file either: verify reports it, repair re-fetches
+    return back
 
 
 def finish_dead_publishes(store: Store) -> list[str]:

@@ -178,17 +178,13 @@ class _Ledger:
 def counted_use(m: ModelRecord, scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[float, str] | None:
     """A model's newest use by a node that is not silent past ``node_timeout``, and that node."""
     best: tuple[float, str] | None = None
-    for tag, when in m.uses:
+    # Only protection asks which node used it; LRU order and --unused-for look at every use.
+    uses = m.uses or ((("a node", m.last_use),) if m.last_use is not None else ())  # a record without nodes
+    for tag, when in uses:
         seen = max(when, scan.heartbeats.get(tag, 0.0))
         if now - seen <= policy.node_timeout and (best is None or when > best[0]):
             best = (when, tag)
     return best
-
-
-def activity(m: ModelRecord, scan: StoreScan, policy: PrunePolicy, now: float) -> float:
-    """When a model was last used (by a node that counts) or written: what LRU looks at."""
-    use = counted_use(m, scan, policy, now)
-    return max(use[0] if use else 0.0, m.fetched_at, m.ref_mtime)
 
 
 def live_fetches(scan: StoreScan, policy: PrunePolicy, now: float) -> dict[str, float]:
@@ -259,11 +255,11 @@ def plan_prune(scan: StoreScan, policy: PrunePolicy, now: float) -> PrunePlan:
     size_before = ledger.size
 
     candidates = sorted((m for m in scan.models if m.handle not in protected),
-                        key=lambda m: (activity(m, scan, policy, now), m.handle))
+                        key=lambda m: (m.last_activity, m.handle))
     chosen: dict[str, str] = {}
     if policy.unused_for is not None:
         for m in candidates:
-            idle = now - activity(m, scan, policy, now)
+            idle = now - m.last_activity
             if idle > policy.unused_for:
                 chosen[m.handle] = f"unused for {format_age(idle)} (more than {format_age(policy.unused_for)})"
     if policy.keep_versions is not None:

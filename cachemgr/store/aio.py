@@ -94,11 +94,14 @@ class _Lane:
             if future.set_running_or_notify_cancel():
                 token = self.owner.begin(what)
                 try:
-                    future.set_result(fn(*args))
+                    result = fn(*args)
                 except BaseException as exc:  # handed to the awaiting coroutine
+                    self.owner.end(token)  # before the caller wakes: it sees the call as done
                     future.set_exception(exc)
-                finally:
+                else:
                     self.owner.end(token)
+                    future.set_result(result)
+                    del result
             del job, future, fn, args  # no reference kept to a result while idle
 
     def close(self) -> None:
