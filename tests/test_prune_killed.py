@@ -113,3 +113,23 @@ def test_prune_itself_rolls_a_dead_prune_back_before_collecting_it(
     assert r.code == 0, r.err
     assert cli("verify").code == 0
     assert cli("path", TFHUB).code == 0
+
+
+def test_a_dead_runs_temp_link_to_a_snapshot_is_removed_not_followed(
+        cli: Cli, archives: Archives, home: Path, tmp_path: Path) -> None:
+    """A run killed between making its view link in tmp/ and renaming it into view/ leaves
+    ``tmp/l.*`` pointing at a snapshot; collecting it must not empty the snapshot."""
+    _add(cli, tmp_path, archives, TFHUB)
+    _ref, doc = _model(home, TFHUB)
+    link = home / "tmp" / f"l.{host_tag()}.{_dead_pid()}.0123456789abcdef"
+    os.symlink(os.path.join("..", "snapshots", str(doc["manifest"])), link)
+    old = 1_000_000_000.0
+    os.utime(link, (old, old), follow_symlinks=False)
+    files = sorted(p.relative_to(home) for p in (home / "snapshots").rglob("*") if p.is_file())
+    r = cli("prune", "--grace", "0s", "--json")
+    assert r.code == 0, r.err
+    assert link.name in json.loads(r.out)["plan"]["leftovers"]["temps"]
+    assert not os.path.lexists(link)
+    assert sorted(p.relative_to(home) for p in (home / "snapshots").rglob("*") if p.is_file()) == files
+    assert cli("verify").code == 0
+

@@ -66,7 +66,13 @@ def _unlink_counting(path: str, result: PruneResult) -> None:
 
 
 def _empty(tree: Path, result: PruneResult) -> None:
-    """Delete ``tree``, counting the bytes of files whose last link goes."""
+    """Delete ``tree``, counting the bytes of files whose last link goes.
+
+    A link is removed, never followed: os.walk walks into a top-level symlink, and a killed
+    run's temp link (``tmp/l.*``, on its way to the view) points at a snapshot."""
+    if tree.is_symlink() or not tree.is_dir():
+        remove_quietly(tree)
+        return
     for root, dirs, files in os.walk(tree, topdown=True):
         for d in dirs:
             try:
