@@ -172,9 +172,13 @@ def test_kill_minus_nine_anywhere_leaves_a_store_that_verifies(tmp_path: Path) -
             delay = None if fault else loop.rng.uniform(0.3, 1.8)
             loop.after(op, run_killed(args, env, delay), fault)
         extra = 0
-        while sum(loop.tally.kills.values()) < MIN_KILLS and extra < 100:  # make up for runs that ended first
+        while sum(loop.tally.kills.values()) < MIN_KILLS and extra < 150:  # make up for runs that ended first
             op, extra = loop.rng.choice(OPS), extra + 1
-            loop.after(op, run_killed(loop.args(op), loop.env, loop.rng.uniform(0.2, 1.2)), None)
+            if extra % 2:  # a random moment; on a fast machine many commands end first
+                loop.after(op, run_killed(loop.args(op), loop.env, loop.rng.uniform(0.05, 1.0)), None)
+            else:  # so every other one stops at a seeded rename or write: it cannot miss its window
+                fault = f"{loop.rng.choice(('rename', 'write'))}:{loop.rng.randint(1, 3)}"
+                loop.after(op, run_killed(loop.args(op), dict(loop.env, CACHEMGR_FAULT_AT=fault), None), fault)
         # the last word: a completed writing command collects every dead run's temps
         assert loop.cli("add", "https://tfhub.dev/crash/last/1", str(loop.archives[1])).code == 0
         assert temps_of(loop.home, loop.dead) == [], temps_of(loop.home, loop.dead)

@@ -361,7 +361,8 @@ def _publish(store: Store, bundle: BundleManifest, plan: ImportPlan) -> None:
             store.write_manifest(manifest)
             store.materialize(manifest)
         index = RefIndex(store)
-        with publishing(store, [change.ref for change in plan.changes]):
+        with publishing(store, [change.ref for change in plan.changes],
+                        [bundle.manifests[change.ref.manifest] for change in plan.changes]):
             for change in plan.changes:
                 relink(store, change.ref)
                 if change.status != "unchanged":

@@ -19,6 +19,7 @@ from cachemgr.errors import CachemgrError, StoreError
 from cachemgr.handles import Handle, learned_handle
 from cachemgr.ingest.unpack import IngestResult
 from cachemgr.store.fs import disk_error, owner_of, pid_alive, remove_quietly, unique_name
+from cachemgr.store.manifest import Manifest
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex, merged_aliases, with_aliases
 from cachemgr.store.usage import host_tag
@@ -59,7 +60,7 @@ def record_model(
     )
     # The view first, the ref last (a new handle killed in between leaves only links to a complete
     # snapshot, which prune collects); the note lets the next run undo a half-done update.
-    with publishing(store, [ref]):
+    with publishing(store, [ref], [result.manifest]):
         link_aliases(store, ref.aliases, ref.manifest)
         index.write(ref)
     return ref
@@ -90,7 +91,7 @@ PUBLISH_NOTE = "publish"
 
 
 @contextmanager
-def publishing(store: Store, refs: Iterable[Ref]) -> Iterator[None]:
+def publishing(store: Store, refs: Iterable[Ref], manifests: Iterable[Manifest] = ()) -> Iterator[None]:
     """Leave a note naming the refs' handles and aliases in tmp while their refs and view links change."""
     refs = list(refs)
     note = store.tmp / unique_name(PUBLISH_NOTE)
@@ -101,25 +102,23 @@ def publishing(store: Store, refs: Iterable[Ref]) -> Iterator[None]:
         raise disk_error(exc, store.tmp) from None
     try:
         yield
-        for digest in {r.manifest for r in refs}:
-            relink_missing_blobs(store, digest)
+        for manifest in manifests:
+            make_whole(store, manifest)
     finally:
         remove_quietly(note)
 
 
-def relink_missing_blobs(store: Store, digest: str) -> int:
-    """Give back a just-published model's blobs that a racing prune took (from its snapshot).
+def make_whole(store: Store, manifest: Manifest) -> int:
+    """After its ref is written: give back what a racing prune took of a just-published model.
 
-    A prune that scanned before our ref existed may rename a blob we adopted into its trash
-    (its checks ran before our link) and delete it after re-reading the refs, a moment before
-    our ref appears. The snapshot's files are hard links to the same inodes, so the content is
-    still here: linking it back under ``blobs/`` makes the model whole. Once our ref is written,
-    no later prune takes these blobs. Returns how many were put back.
+    A prune that scanned before our ref existed may rename our manifest, a blob we adopted or
+    our snapshot into its trash (its checks ran a moment before we touched them) and delete
+    them after re-reading the refs, just before our ref appears. Once the ref is written no
+    later prune takes them, so now: the manifest is written again if it is gone, blobs are
+    linked back from the snapshot (its files are hard links to the same inodes), and a missing
+    snapshot is rebuilt from the blobs. Returns how many blobs were put back.
     """
-    try:
-        manifest = store.read_manifest(digest)
-    except CachemgrError:
-        return 0
+    digest = store.write_manifest(manifest)
     snapshot = store.snapshot_path(digest)
     back = 0
     for f in manifest.files:
@@ -133,6 +132,8 @@ def relink_missing_blobs(store: Store, digest: str) -> int:
             continue
         except OSError:
             continue  # no snapshot file either: verify reports it, repair re-fetches
+    if not snapshot.is_dir() and all(store.has_blob(f.sha256) for f in manifest.files):
+        store.materialize(manifest)
     return back
 
 

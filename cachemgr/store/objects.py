@@ -305,8 +305,15 @@ class Store:
         says: a hostile manifest cannot place a file outside the snapshot.
         """
         digest = manifest.digest
-        if self.snapshot_path(digest).is_dir():
-            return self.snapshot_path(digest)
+        dest = self.snapshot_path(digest)
+        if dest.is_dir():
+            try:
+                os.utime(dest)  # in use again, as publish_snapshot marks it: a running prune skips it
+                return dest     # (and so its blobs, which it keeps linked)
+            except FileNotFoundError:
+                pass  # a prune took it this very moment: build it again
+            except OSError:
+                return dest  # another user's snapshot: it exists, which is what matters
         check_manifest(manifest, f"manifest {digest}")
         staging = self.new_temp("snap")
         try:
