@@ -111,7 +111,7 @@ def with_store(*, create: bool = False, missing_ok: bool = False, clean: bool = 
                 roll_back_dead_prunes(c.settings, store)  # a dead prune's trash: what refs need goes back
                 if clean:
                     clean_stale_temps(store.tmp, c.settings.temp_grace)
-            faults.arm(store.tmp, c.settings.fault_at)  # the crash tests' hook; unset, it does nothing
+            store.fault = faults.from_setting(c.settings.fault_at)  # the crash tests' hook; unset: None
             return fn(c, store, *args, **kwargs)
         return wrapper  # type: ignore[return-value]
     return decorate

@@ -62,7 +62,7 @@ class HubLocks:
                 del self.held[lock]
                 continue
             text = hub_lock_text()
-            atomic_write(lock, text.encode(), self.store.tmp)
+            atomic_write(lock, text.encode(), self.store.tmp, fault=self.store.fault)
             self.held[lock] = text
 
     def release(self) -> None:

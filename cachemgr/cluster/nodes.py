@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachemgr.settings import Settings
+from cachemgr.store.faults import Fault
 from cachemgr.store.fs import atomic_write
 from cachemgr.store.usage import tag_of
 
@@ -59,20 +60,24 @@ class NodeRecord:
                           float(doc["heartbeat"]), doc["role"])
 
 
-def heartbeat(settings: Settings, role: str, started: float | None = None, now: float | None = None) -> None:
-    """Write this node's record (atomically; the daemon does it at every lease renewal)."""
+def heartbeat(settings: Settings, role: str, started: float | None = None, now: float | None = None,
+              fault: Fault | None = None) -> None:
+    """Write this node's record (atomically; the daemon does it at every lease renewal).
+
+    ``fault``: the crash tests' hook of the command's store (``store.fault``; faults.py).
+    """
     home = settings.home
     now = time.time() if now is None else now
     record = NodeRecord(settings.node_id, socket.gethostname(), os.getpid(),
                         now if started is None else started, now, role)
     nodes_dir(home).mkdir(exist_ok=True)
-    atomic_write(nodes_dir(home) / f"{tag_of(settings.node_id)}.json", record.to_bytes(), home / "tmp")
+    atomic_write(nodes_dir(home) / f"{tag_of(settings.node_id)}.json", record.to_bytes(), home / "tmp", fault=fault)
 
 
-def announce(settings: Settings, role: str = "cli") -> None:
+def announce(settings: Settings, role: str = "cli", fault: Fault | None = None) -> None:
     """A command that changes the store says this node is alive; never fails the command."""
     try:
-        heartbeat(settings, role)
+        heartbeat(settings, role, fault=fault)
     except OSError:
         pass  # the command's own writes report a store that cannot be written
 

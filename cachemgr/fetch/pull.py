@@ -56,7 +56,7 @@ class PullResult:
 def pull_handles(settings: Settings, store: Store, texts: list[str], refresh: bool = False,
                  bars: Bars | None = None) -> list[PullResult]:
     """Pull ``texts`` concurrently, synchronously: for the CLI, pins and repair (the daemon has its loop)."""
-    announce(settings)
+    announce(settings, fault=store.fault)
     puller = Puller(settings, store, bars)
     try:
         return asyncio.run(puller.pull_many(texts, refresh))
@@ -218,7 +218,7 @@ def add_local(settings: Settings, store: Store, text: str, path: Path) -> PullRe
     handle = parse_handle(text)
     limits = Limits.of(settings)
     name = str(path)
-    announce(settings)
+    announce(settings, fault=store.fault)
     if not path.is_dir() and not path.is_file():
         raise UsageError(f"{path} does not exist; give a .tar, .tar.gz, .tar.zst or a SavedModel directory")
     with store.in_flight():

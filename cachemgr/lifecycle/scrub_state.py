@@ -49,7 +49,8 @@ def load_state(store: Store) -> ScrubState | None:
 def save_state(store: Store, state: ScrubState) -> None:
     """Record the progress; on a full disk the check goes on, only unresumable (it reads, not writes)."""
     try:
-        atomic_write(store.scrub_state, json.dumps(state.to_json(), indent=1).encode() + b"\n", store.tmp)
+        atomic_write(store.scrub_state, json.dumps(state.to_json(), indent=1).encode() + b"\n", store.tmp,
+                     fault=store.fault)
     except NoSpaceError:
         pass
 

@@ -8,9 +8,9 @@ its temp; ``rename:N`` stops just before the Nth atomic rename (``atomic_write``
 as abrupt as ``kill -9`` (no ``finally``, no cleanup); ``eio`` raises an I/O error instead, to
 exercise the error paths.
 
-The CLI arms it for the store it opens (``cli/util.with_store``); nothing else does, and
-nothing reads the environment here. The plan is kept per store tmp dir: the primitives are
-handed that directory, not the settings.
+The fault is a value, not process-wide state: the CLI builds it from ``settings.fault_at`` for
+the store it opens (``cli/util.with_store`` sets ``Store.fault``), and the primitives are handed
+it (``fault=store.fault``); nothing else arms one, and nothing reads the environment here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 from cachemgr.setting_values import FAULT_SPEC
 
 FAULT_EXIT = 86
-_ARMED: dict[str, Fault] = {}
 
 
 @dataclass
@@ -52,18 +51,11 @@ def parse_spec(spec: str) -> Fault | None:
     return Fault(match.group(1), int(match.group(2)), match.group(3) or "exit")
 
 
-def arm(tmp_dir: Path, spec: str | None) -> None:
-    """Arm ``spec`` for the store whose tmp dir is ``tmp_dir`` (None disarms)."""
-    fault = parse_spec(spec) if spec else None
-    if fault is None:
-        _ARMED.pop(str(tmp_dir), None)
-    else:
-        _ARMED[str(tmp_dir)] = fault
+def from_setting(spec: str | None) -> Fault | None:
+    """The fault ``settings.fault_at`` names (None when unset: no hook)."""
+    return parse_spec(spec) if spec else None
 
 
-def check(tmp_dir: Path, kind: str) -> Fault | None:
-    """Count a ``kind`` step for ``tmp_dir``'s store; the fault to fire now, if this is it."""
-    if not _ARMED:
-        return None
-    fault = _ARMED.get(str(tmp_dir))
+def check(fault: Fault | None, kind: str) -> Fault | None:
+    """Count a ``kind`` step of ``fault``'s run; the fault to fire now, if this is it."""
     return fault if fault is not None and fault.step(kind) else None

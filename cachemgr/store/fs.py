@@ -66,23 +66,27 @@ def disk_error(exc: OSError, what: Path | str) -> StoreError:
     return StoreError(f"cannot write {what}: {exc.strerror or exc}")
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = FILE) -> None:
-    """Write ``data`` to a unique temp file in ``tmp_dir``, fsync, and rename over ``path``."""
+def atomic_write(path: Path, data: bytes, tmp_dir: Path, mode: int = FILE, *,
+                 fault: faults.Fault | None = None) -> None:
+    """Write ``data`` to a unique temp file in ``tmp_dir``, fsync, and rename over ``path``.
+
+    ``fault``: the crash tests' hook (faults.py; ``store.fault``), None but under ``fault_at``.
+    """
     tmp = tmp_dir / unique_name("w")
-    fault = faults.check(tmp_dir, "write")  # a test hook (faults.py); None unless fault_at is set
+    write_fault = faults.check(fault, "write")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            if fault is not None:
+            if write_fault is not None:
                 os.write(fd, data[: len(data) // 2])
-                fault.fire(tmp)
+                write_fault.fire(tmp)
             os.write(fd, data)
             os.fchmod(fd, mode)  # the mode asked for, whatever the umask (perms.py)
             os.fsync(fd)
         finally:
             os.close(fd)
-        if (fault := faults.check(tmp_dir, "rename")) is not None:
-            fault.fire(path)
+        if (fired := faults.check(fault, "rename")) is not None:
+            fired.fire(path)
         os.replace(tmp, path)
     except OSError as exc:
         remove_quietly(tmp)
@@ -112,13 +116,13 @@ def open_no_follow(root: Path, path: Path) -> int:
     return fd
 
 
-def atomic_symlink(target: str, path: Path, tmp_dir: Path) -> None:
-    """Point ``path`` at ``target`` atomically (replacing an older link)."""
+def atomic_symlink(target: str, path: Path, tmp_dir: Path, *, fault: faults.Fault | None = None) -> None:
+    """Point ``path`` at ``target`` atomically (replacing an older link); ``fault`` as for atomic_write."""
     tmp = tmp_dir / unique_name("l")
     try:
         os.symlink(target, tmp)
-        if (fault := faults.check(tmp_dir, "rename")) is not None:
-            fault.fire(path)
+        if (fired := faults.check(fault, "rename")) is not None:
+            fired.fire(path)
         os.replace(tmp, path)
     except OSError as exc:
         remove_quietly(tmp)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cachemgr.errors import NoStoreError, StoreError, UnsafeManifestError
 from cachemgr.settings import Settings
+from cachemgr.store.faults import Fault
 from cachemgr.store.fs import atomic_write, clean_stale_temps, disk_error, link_or_copy, remove_quietly, unique_name
 from cachemgr.store.manifest import Manifest, check_manifest
 from cachemgr.store.perms import (
@@ -72,6 +73,9 @@ class Store:
         self.quarantine = home / "quarantine"
         self.scrub_state = home / "scrub-state.json"
         self._modes: Modes | None = None
+        # The crash tests' hook (faults.py), handed to every atomic write of this store; None but
+        # under ``fault_at`` (the CLI sets it once a command's store is open and recovered).
+        self.fault: Fault | None = None
 
     @property
     def modes(self) -> Modes:
@@ -149,7 +153,7 @@ class Store:
             self._make_view()
         if not self.format_file().exists():
             body = json.dumps({"format": STORE_FORMAT, "kind": "cachemgr-store"}) + "\n"
-            atomic_write(self.format_file(), body.encode(), self.tmp)
+            atomic_write(self.format_file(), body.encode(), self.tmp, fault=self.fault)
         self.check_format()
 
     def _make_view(self) -> None:
@@ -158,7 +162,7 @@ class Store:
             make_dirs(self.view, self.modes.dir)
             note = self.view / VIEW_NOTE
             if not note.exists():
-                atomic_write(note, (str(self.home) + "\n").encode(), self.tmp)
+                atomic_write(note, (str(self.home) + "\n").encode(), self.tmp, fault=self.fault)
         except OSError as exc:
             raise disk_error(exc, self.view) from None
 
@@ -250,7 +254,7 @@ class Store:
         try:
             os.utime(path)  # mark it as just written, so that a concurrent prune keeps it
         except FileNotFoundError:
-            atomic_write(path, manifest.to_bytes(), self.tmp, mode=0o444)
+            atomic_write(path, manifest.to_bytes(), self.tmp, mode=0o444, fault=self.fault)
         except OSError:
             pass  # another user's file: it exists, which is what matters
         return digest

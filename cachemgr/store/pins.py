@@ -82,7 +82,7 @@ def write_pin(store: Store, pin: Pin) -> None:
     except OSError as exc:
         raise disk_error(exc, store.pins) from None
     body = json.dumps(pin.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-    atomic_write(pin_path(store, pin.handle), body, store.tmp)
+    atomic_write(pin_path(store, pin.handle), body, store.tmp, fault=store.fault)
 
 
 def canonical_of(store: Store, text: str) -> str:

@@ -32,7 +32,8 @@ def quarantine(store: Store, path: Path, kind: str, name: str, reason: str) -> P
     except OSError as exc:
         raise disk_error(exc, dest) from None
     note = {"kind": kind, "name": name, "reason": reason, "when": time.time(), "from": str(path)}
-    atomic_write(dest.with_name(dest.name + ".json"), json.dumps(note, indent=1).encode() + b"\n", store.tmp)
+    atomic_write(dest.with_name(dest.name + ".json"), json.dumps(note, indent=1).encode() + b"\n", store.tmp,
+                 fault=store.fault)
     return dest
 
 

@@ -103,7 +103,7 @@ class RefIndex:
 
     def write(self, ref: Ref) -> None:
         body = json.dumps(ref.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-        atomic_write(self.ref_path(ref.handle), body, self.store.tmp)
+        atomic_write(self.ref_path(ref.handle), body, self.store.tmp, fault=self.store.fault)
         for alias in ref.aliases:
             path = self.store.aliases / key_of(alias)
             try:
@@ -111,7 +111,7 @@ class RefIndex:
                     continue
             except FileNotFoundError:
                 pass
-            atomic_write(path, ref.handle.encode(), self.store.tmp)
+            atomic_write(path, ref.handle.encode(), self.store.tmp, fault=self.store.fault)
 
     def read(self, handle: str) -> Ref | None:
         path = self.ref_path(handle)

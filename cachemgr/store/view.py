@@ -33,14 +33,14 @@ def link_aliases(store: Store, aliases: tuple[str, ...], digest: str) -> list[st
             skipped.append(alias)  # a real directory that plain tensorflow_hub downloaded
             continue
         if current != target:
-            atomic_symlink(target, entry, store.tmp)
+            atomic_symlink(target, entry, store.tmp, fault=store.fault)
         descriptor = entry.with_name(f"{entry.name}.descriptor.txt")
         if not descriptor.exists():
             text = (
                 f"Module: {alias}\nManaged by: cachemgr\nSnapshot: sha256:{digest}\n"
                 f"Linked: {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC\n"
             )
-            atomic_write(descriptor, text.encode(), store.tmp)
+            atomic_write(descriptor, text.encode(), store.tmp, fault=store.fault)
     return skipped
 
 
