@@ -7,6 +7,7 @@ source (file and key, variable, or flag) and the fix.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,20 @@ def parse_hosts(value: Any, source: str) -> tuple[str, ...]:
     if not isinstance(items, list | tuple) or not all(isinstance(h, str) and h for h in items):
         raise ConfigError(f"{source}: must be a list of HOST[:PORT], e.g. registry.internal:5000")
     return tuple(items)
+
+
+def proxy_for(host: str, proxy: str | None, no_proxy: tuple[str, ...]) -> str | None:
+    """``proxy``, or None when ``host`` (a name, ``HOST:PORT`` or a URL) is one ``no_proxy`` names:
+    curl's rules, "*", a host, or a domain suffix (leading dot optional); ports are not compared."""
+    if proxy is None or not no_proxy:
+        return proxy
+    name = (urllib.parse.urlsplit(host if "://" in host else f"//{host}").hostname or "").lower()
+    for entry in no_proxy:
+        text = entry.strip().lower().lstrip(".")
+        bypass = text[1:].split("]")[0] if text.startswith("[") else text if text.count(":") > 1 else text.split(":")[0]
+        if bypass == "*" or name == bypass or name.endswith("." + bypass):
+            return None
+    return proxy
 
 
 def parse_workers(value: Any, source: str) -> int | None:

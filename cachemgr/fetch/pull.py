@@ -137,7 +137,7 @@ class Puller:
         if self.settings.offline or session is None:
             raise OfflineMissError(f"{text} is in a registry and offline mode is on (CACHEMGR_OFFLINE/--offline); "
                                    "go online, or export the model to an OCI layout and `cachemgr import` it")
-        got = await pull_reference(self.settings, self.store, session, text)
+        got = await pull_reference(self.settings, self.store, text)  # a registry session of its own
         return PullResult(text, "pulled", got.ref, None, got.counts.downloaded, got.counts.downloaded_bytes)
 
     def _done_elsewhere(self, text: str, handle: Handle) -> PullResult | None:

@@ -246,7 +246,7 @@ async def fetch_from_one(
     if up.url.startswith(("http://", "https://")):
         return await fetch_from_upstream(settings, store, session, up, handle, io)
     if up.url.startswith("oci://"):  # a registry of ModelPack artifacts (cachemgr/oci/pull.py)
-        got = await pull_from_registry(settings, store, session, up.url, handle.asked)
+        got = await pull_from_registry(settings, store, up.url, handle.asked, up.proxy)  # its group's route
         return got.ref if got is not None else None
     log.debug("upstream %s: no fetcher for this scheme yet; passed over for %s", up.describe(), handle.asked)
     return None

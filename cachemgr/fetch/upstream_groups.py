@@ -17,10 +17,9 @@ the random source (pass a seeded ``random.Random`` for repeatable order) and the
 from __future__ import annotations
 
 import random
-import urllib.parse
 from dataclasses import dataclass, field
 
-from cachemgr.setting_values import UpstreamGroup
+from cachemgr.setting_values import UpstreamGroup, proxy_for
 
 FIRST_BACKOFF = 10.0
 MAX_BACKOFF = 300.0
@@ -61,7 +60,7 @@ class Failover:
             members = list(group.urls)
             self.rng.shuffle(members)
             for url in members:
-                attempt = Attempt(url, group.proxy or _unless_bypassed(url, default_proxy, no_proxy), index)
+                attempt = Attempt(url, group.proxy or proxy_for(url, default_proxy, no_proxy), index)
                 every.append(attempt)
                 if not self.is_dead(url, now):
                     live.append(attempt)
@@ -78,14 +77,3 @@ class Failover:
         """Forget ``url``'s failures; whether it had any (it is back)."""
         return self.dead.pop(url, None) is not None
 
-
-def _unless_bypassed(url: str, proxy: str | None, no_proxy: tuple[str, ...]) -> str | None:
-    """``proxy``, or None when ``url``'s host is in ``no_proxy`` (the standard library's NO_PROXY rules)."""
-    if proxy is None or not no_proxy:
-        return proxy
-    host = (urllib.parse.urlsplit(url).hostname or "").lower()
-    for entry in no_proxy:  # curl's rules: "*", a host, or a domain suffix (leading dot optional)
-        name = entry.strip().lower().lstrip(".").split(":")[0]
-        if name == "*" or host == name or host.endswith("." + name):
-            return None
-    return proxy

@@ -90,6 +90,7 @@ class Auth:
     host: str
     base: str  # the registry's base URL, for a relative realm
     auth_file: Path | None
+    proxy: str | None = None  # the token server is reached the way its registry is
     _creds: tuple[str, str] | None = None
     _loaded: bool = False
     _headers: dict[str, str] = field(default_factory=dict)  # scope key -> Authorization value
@@ -144,7 +145,8 @@ class Auth:
         query += [("scope", s) for s in wanted]
         headers = {"Authorization": basic} if basic else {}
         try:
-            async with session.get(realm, params=query, headers=headers, allow_redirects=True) as resp:
+            async with session.get(realm, params=query, headers=headers, allow_redirects=True,
+                                   proxy=self.proxy) as resp:
                 if resp.status in (401, 403):
                     who = f"the credentials for {self.host} in {self.auth_file}" if basic else "anonymous access"
                     raise RegistryAuthError(f"token server {realm} refused {who} (HTTP {resp.status}); "

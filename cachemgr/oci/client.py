@@ -11,7 +11,10 @@ loop, and model blobs are GiB-sized, so the dozen calls of the protocol are writ
 - GET streams a blob into a sink, no further than its size, and checks its sha256;
 - every request goes through :meth:`RegistryClient.send`, which answers a 401 (auth.py) and
   retries connection errors and 5xx with backoff. Files are read in threads.
-- plain HTTP only for ``insecure_registries`` and for localhost (docker's rule).
+- plain HTTP only for ``insecure_registries`` and for localhost (docker's rule);
+- every request (the token server's too) goes the one route the caller gives: through an
+  ``oci://`` upstream's group proxy, else ``Settings.proxy`` unless ``no_proxy`` names the
+  registry (:func:`default_proxy`), else directly. Sessions read no proxy from the environment.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import aiohttp
 from cachemgr import __version__
 from cachemgr.errors import IntegrityError, RegistryAuthError, RegistryError
 from cachemgr.oci.auth import Auth
+from cachemgr.setting_values import proxy_for
 from cachemgr.settings import Settings
 
 log = logging.getLogger("cachemgr.oci.client")
@@ -46,13 +50,20 @@ def is_insecure(settings: Settings, host: str) -> bool:
     return host in settings.insecure_registries or name in settings.insecure_registries or name in _LOCAL
 
 
+def default_proxy(settings: Settings, host: str) -> str | None:
+    """How ``pull oci://`` and ``push`` reach ``host``: ``proxy`` (CACHEMGR_PROXY, HTTP_PROXY) unless
+    ``no_proxy`` names it. An ``oci://`` upstream gets its group's route (``upstream_groups``) instead."""
+    return proxy_for(host, settings.proxy, settings.no_proxy)
+
+
 def make_session(settings: Settings) -> aiohttp.ClientSession:
-    """A session for registries: the CA bundle and timeouts of settings, proxies from the environment."""
+    """A session for registries: the CA bundle and timeouts of settings. No proxy from the
+    environment (``trust_env``): each request names its route, so that "direct" is direct."""
     ctx = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                     sock_read=settings.read_timeout)
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=32), timeout=timeout,
-                                 trust_env=True, auto_decompress=False,
+                                 trust_env=False, auto_decompress=False,
                                  headers={"User-Agent": f"cachemgr/{__version__}"})
 
 
@@ -86,12 +97,13 @@ async def file_chunks(path: Path, start: int, length: int) -> AsyncIterator[byte
 
 
 class RegistryClient:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession, host: str) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, host: str, proxy: str | None) -> None:
         self.settings = settings
         self.session = session
         self.host = host
+        self.proxy = proxy  # the HTTP proxy every request to this registry goes through; None: directly
         self.base = f"{'http' if is_insecure(settings, host) else 'https'}://{host}"
-        self.auth = Auth(host, self.base, settings.registry_auth_file)
+        self.auth = Auth(host, self.base, settings.registry_auth_file, proxy)
         self.counts = Counts()
 
     def _error(self, what: str, resp: aiohttp.ClientResponse, body: bytes = b"") -> RegistryError:
@@ -115,11 +127,13 @@ class RegistryClient:
                 sent["Authorization"] = value
             try:
                 resp = await self.session.request(method, url, headers=sent, data=body() if body else None,
-                                                  allow_redirects=method in ("GET", "HEAD"))
+                                                  allow_redirects=method in ("GET", "HEAD"), proxy=self.proxy)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if not retry or attempt >= self.settings.retries:
-                    raise RegistryError(f"registry {self.host}: {what} failed ({exc or type(exc).__name__}); "
-                                        "check that the registry is up and reachable", url=url) from None
+                    via = f" through proxy {self.proxy}" if self.proxy else ""
+                    raise RegistryError(f"registry {self.host}: {what}{via} failed ({exc or type(exc).__name__}); "
+                                        f"check that {'the registry and the proxy are' if via else 'the registry is'} "
+                                        "up and reachable", url=url) from None
                 attempt += 1
                 await asyncio.sleep(self.settings.backoff * 2 ** (attempt - 1))
                 continue

@@ -11,7 +11,10 @@ Order, so that nothing is visible before all of it is verified:
 4. then the store manifest, the snapshot, and the ref with the handle and aliases the artifact
    carries (``ingest.publish.record_model``, the path every upstream fetch takes).
 
-Writes run in threads, so the daemon's event loop makes no filesystem call.
+Writes run in threads, so the daemon's event loop makes no filesystem call. Each pull has a
+registry session of its own (``client.make_session``: no proxy from the environment) and one
+route: an ``oci://`` upstream's group proxy (``fetch.upstream_groups`` plans it), else
+``client.default_proxy``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from cachemgr.errors import NotCachedError, UnsafeManifestError
 from cachemgr.handles import parse_handle
 from cachemgr.ingest.publish import record_model
 from cachemgr.ingest.unpack import IngestResult
-from cachemgr.oci.client import Counts, RegistryClient
+from cachemgr.oci.client import Counts, RegistryClient, default_proxy, make_session
 from cachemgr.oci.modelpack import (
     MAX_CONFIG_BYTES,
     OCI_MANIFEST,
@@ -75,12 +78,13 @@ async def _fetch_blob(client: RegistryClient, store: Store, repo: str, digest: s
 
 
 async def pull_artifact(settings: Settings, store: Store, session: aiohttp.ClientSession, where: Reference,
-                        expect: str | None = None) -> OciPull | None:
-    """Copy the artifact at ``where`` into the store; None if the registry has no such tag.
+                        proxy: str | None, expect: str | None = None) -> OciPull | None:
+    """Copy the artifact at ``where`` into the store (through ``proxy``, None: directly); None if
+    the registry has no such tag.
 
     ``expect``, a handle, is what an upstream lookup asked for: the artifact must be that model.
     """
-    client = RegistryClient(settings, session, where.host)
+    client = RegistryClient(settings, session, where.host, proxy)
     limits = Limits.of(settings)
     name = str(where)
     data = await client.get_manifest(where.repository, where.tag, OCI_MANIFEST, max_manifest_bytes(limits))
@@ -118,18 +122,21 @@ def _publish(store: Store, model: Model, name: str, new_blobs: int, new_bytes: i
         raise disk_error(exc, store.home) from None
 
 
-async def pull_reference(settings: Settings, store: Store, session: aiohttp.ClientSession, text: str) -> OciPull:
+async def pull_reference(settings: Settings, store: Store, text: str) -> OciPull:
     """``cachemgr pull oci://HOST[:PORT]/REPO:TAG``: that artifact, or an error naming it."""
     where = parse_reference(text)
-    got = await pull_artifact(settings, store, session, where)
+    async with make_session(settings) as session:
+        got = await pull_artifact(settings, store, session, where, default_proxy(settings, where.host))
     if got is None:
         raise NotCachedError(f"{text}: the registry has no such artifact; check the repository and tag "
                              "(cachemgr push maps handles as docs/oci.md says)")
     return got
 
 
-async def pull_from_registry(settings: Settings, store: Store, session: aiohttp.ClientSession, upstream: str,
-                             handle_text: str) -> OciPull | None:
-    """An ``oci://HOST[:PORT]/PREFIX`` upstream: the artifact ``handle_text`` maps to, if it is there."""
+async def pull_from_registry(settings: Settings, store: Store, upstream: str, handle_text: str,
+                             proxy: str | None) -> OciPull | None:
+    """An ``oci://HOST[:PORT]/PREFIX`` upstream, reached through ``proxy`` (its group's route; None:
+    directly): the artifact ``handle_text`` maps to, if it is there."""
     where = reference_for(parse_registry(upstream), handle_text)
-    return await pull_artifact(settings, store, session, where, expect=handle_text)
+    async with make_session(settings) as session:
+        return await pull_artifact(settings, store, session, where, proxy, expect=handle_text)

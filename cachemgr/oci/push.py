@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cachemgr.oci.client import Counts, RegistryClient, make_session
+from cachemgr.oci.client import Counts, RegistryClient, default_proxy, make_session
 from cachemgr.oci.modelpack import OCI_MANIFEST, build_artifact
 from cachemgr.oci.reference import Reference, parse_registry, reference_for
 from cachemgr.settings import Settings
@@ -47,7 +47,7 @@ async def push_models(settings: Settings, store: Store, target: str, texts: list
     refs = [index.require(t) for t in texts]  # every handle checked before anything is sent
     session = make_session(settings)
     try:
-        client = RegistryClient(settings, session, registry.host)
+        client = RegistryClient(settings, session, registry.host, default_proxy(settings, registry.host))
         sem = asyncio.Semaphore(settings.concurrency)
         known: dict[str, str] = {}  # blob -> a repository this run put it in (for cross-repo mounts)
         results = []
