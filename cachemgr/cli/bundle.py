@@ -18,7 +18,7 @@ from cachemgr.cli.complete import complete_handles
 from cachemgr.cli.output import emit_json
 from cachemgr.cli.util import SIZE, Ctx, command, from_file_option, handles_from, json_option, pass_ctx, with_store
 from cachemgr.errors import MissingBaseError, UsageError, exit_code_for
-from cachemgr.oci.layout import export_layout, import_layout, is_layout
+from cachemgr.oci.layout import LayoutImport, export_layout, import_layout, is_layout
 from cachemgr.progress import Bars
 from cachemgr.store.fs import atomic_write
 from cachemgr.store.manifest import Limits
@@ -109,13 +109,7 @@ def _import_layout(c: Ctx, store: Store, path: Path, dry_run: bool, as_json: boo
     if as_json:
         emit_json({"results": [result.to_json()]})
         return
-    verb = "would import" if dry_run else "imported"
-    click.echo(f"{verb} {result.where}: {len(result.added)} added, {len(result.updated)} updated, "
-               f"{len(result.unchanged)} unchanged; {result.blobs_added} new blobs "
-               f"({format_size(result.bytes_added)}), {result.blobs_verified} verified")
-    for status, handles in (("added", result.added), ("updated", result.updated)):
-        for handle in handles:
-            click.echo(f"  {status:9}{handle}")
+    _summarize(result, dry_run)
 
 
 def _expand(files: tuple[str, ...]) -> list[list[Path]]:
@@ -133,41 +127,39 @@ def _expand(files: tuple[str, ...]) -> list[list[Path]]:
     return wholes + ([parts] if parts else [])
 
 
-def _report_dry_run(result: ImportResult) -> None:
-    click.echo(f"dry run: {result.where} would add {plural(len(result.added), 'model')}, update "
-               f"{len(result.updated)}, leave {len(result.unchanged)} unchanged; "
-               f"{plural(result.blobs_added, 'new blob')} ({format_size(result.bytes_added)}), "
-               f"{result.blobs_skipped} already here (skipped); {len(result.missing)} missing")
-    for status, handles in (("add", result.added), ("update", result.updated), ("skip", result.unchanged)):
-        for handle in handles:
-            click.echo(f"  {status:9}{handle}")
-    for handle in result.pins_added:
-        click.echo(f"  pin      {handle}")
-    for digest in result.missing:
-        click.echo(f"  missing  blob {digest} (neither the bundle nor this store has it)")
-
-
-def _report(result: ImportResult) -> None:
-    if result.dry_run:
-        _report_dry_run(result)
+def _summarize(result: ImportResult | LayoutImport, dry_run: bool) -> None:
+    """What an import (or an import --dry-run) of a bundle or an OCI layout did, or would do: the
+    counts, then a line a model; for a bundle its pins, missing blobs and signature too."""
+    added, updated, unchanged = len(result.added), len(result.updated), len(result.unchanged)
+    lines: list[tuple[str, list[str]]] = [("added", result.added), ("updated", result.updated)]
+    if isinstance(result, LayoutImport):
+        click.echo(f"{'would import' if dry_run else 'imported'} {result.where}: {added} added, {updated} updated, "
+                   f"{unchanged} unchanged; {result.blobs_added} new blobs ({format_size(result.bytes_added)}), "
+                   f"{result.blobs_verified} verified")
+    elif dry_run:
+        click.echo(f"dry run: {result.where} would add {plural(added, 'model')}, update {updated}, leave "
+                   f"{unchanged} unchanged; {plural(result.blobs_added, 'new blob')} "
+                   f"({format_size(result.bytes_added)}), {result.blobs_skipped} already here (skipped); "
+                   f"{len(result.missing)} missing")
+        missing = [f"blob {digest} (neither the bundle nor this store has it)" for digest in result.missing]
+        lines = [("add", result.added), ("update", result.updated), ("skip", result.unchanged),
+                 ("pin", result.pins_added), ("missing", missing)]
     elif result.noop:
-        click.echo(f"nothing to import: all {len(result.unchanged)} models in {result.where} are already here "
+        click.echo(f"nothing to import: all {unchanged} models in {result.where} are already here "
                    f"(verified {result.blobs_skipped} blobs)")
+        lines = [("pinned", result.pins_added)]
     else:
-        click.echo(f"imported {result.where}: {len(result.added)} added, {len(result.updated)} updated, "
-                   f"{len(result.unchanged)} unchanged; {result.blobs_added} new blobs "
-                   f"({format_size(result.bytes_added)}), {result.blobs_skipped} already present")
-        for status, handles in (("added", result.added), ("updated", result.updated)):
-            for handle in handles:
-                click.echo(f"  {status:9}{handle}")
-    if not result.dry_run:
-        for handle in result.pins_added:
-            click.echo(f"  pinned   {handle}")
-    if result.signer:
+        click.echo(f"imported {result.where}: {added} added, {updated} updated, {unchanged} unchanged; "
+                   f"{result.blobs_added} new blobs ({format_size(result.bytes_added)}), "
+                   f"{result.blobs_skipped} already present")
+        lines.append(("pinned", result.pins_added))
+    for status, names in lines:
+        for name in names:
+            click.echo(f"  {status:9}{name}")
+    if isinstance(result, ImportResult):
         trust = "trusted key" if result.trusted else "key not checked against a trusted list"
-        click.echo(f"signature: good, by {signing.fingerprint(result.signer)} ({trust})")
-    else:
-        click.echo("signature: none")
+        click.echo(f"signature: good, by {signing.fingerprint(result.signer)} ({trust})" if result.signer
+                   else "signature: none")
 
 
 @command(name="import")
@@ -200,7 +192,7 @@ def import_(c: Ctx, store: Store, files: tuple[str, ...], pubkeys: tuple[str, ..
         finally:
             bar.close()
         if not as_json:
-            _report(results[-1])
+            _summarize(results[-1], dry_run)
     if as_json:
         emit_json({"results": [r.to_json() for r in results]})
     if dry_run:
