@@ -176,8 +176,10 @@ def test_a_corrupt_cached_copy_is_fetched_again_with_no_cache(models: Models, tm
     with Squid(extra=["cache_mem 0 MB"]) as squid:  # every hit from disk, where the test corrupts it
         env = {**base_env(tmp_path), "CACHEMGR_UPSTREAMS": the_site.base, "CACHEMGR_PROXY": squid.url}
         first = start(daemons, tmp_path / "first", env)
-        first.wait_ready(120)
-        assert first.call("POST", "/v1/resolve", {"handle": HANDLE})[0] == 200
+        for d in (the_site, first):  # the site too: a node asking before it listens gets Squid's 503
+            d.wait_ready(120)
+        code, doc = first.call("POST", "/v1/resolve", {"handle": HANDLE})
+        assert code == 200, (doc, first.output()[-3000:])
         assert wait_for(lambda: cached_copy(squid, blob) is not None, 30), "Squid did not store the blob on disk"
         found = cached_copy(squid, blob)
         assert found is not None
