@@ -33,8 +33,11 @@ def test_handles_in_the_store_complete_in_bash_zsh_and_fish(cli: Cli, home: Path
     zsh = complete(cli, home, "zsh", "cachemgr path https://tfhub.dev/google/m", "2")
     assert zsh == ["plain", MYMUL, "_"], zsh  # type, value, help ("_": none)
     assert values(complete(cli, home, "fish", "cachemgr verify ", "")) == [MYMUL, TEXT1]
-    for command in ("pull", "pin", "unpin", "export"):
+    for command in ("pull", "pin", "unpin", "export", "push"):
         assert MYMUL in values(complete(cli, home, "bash", f"cachemgr {command} ", "2")), command
+    # push takes many: each one after the first completes too
+    assert values(complete(cli, home, "bash", f"cachemgr push --to oci://h/p {MYMUL} https://tfhub.dev/google/t",
+                           "5")) == [TEXT1]
     # A --home that is not a store completes nothing, quietly.
     assert complete(cli, home, "bash", f"cachemgr --home {home}/typo info ", "4") == []
 

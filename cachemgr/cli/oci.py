@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cachemgr.cli.complete import complete_handles
 from cachemgr.cli.output import emit_json
 from cachemgr.cli.util import Ctx, command, json_option, pass_ctx, with_store
 from cachemgr.oci.push import push_handles
@@ -12,7 +13,7 @@ from cachemgr.units import format_size
 
 
 @command()
-@click.argument("handles", nargs=-1, required=True)
+@click.argument("handles", nargs=-1, required=True, shell_complete=complete_handles)
 @click.option("--to", "target", required=True, metavar="oci://HOST[:PORT]/PREFIX",
               help="Registry and repository prefix; each model goes to PREFIX/<mapped handle>:<version>.")
 @json_option
