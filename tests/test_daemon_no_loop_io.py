@@ -1,7 +1,7 @@
 """The daemon's event loop makes no filesystem call: a hung store leaves health and hits served.
 
 The store sits on a real blocking filesystem: an ext4 image on a loop device, frozen with
-``fsfreeze -f``. While it is frozen, every write to it blocks in the kernel (uninterruptible,
+``fsfreeze -f`` (tests/support/frozen.py). While it is frozen, every write to it blocks in the kernel (uninterruptible,
 like a FUSE ``rename`` GlusterFS never answers), and reads still succeed. A miss then blocks
 in its first write; the daemon must go on answering ``/v1/health``, ``/v1/status`` and hits of
 a cached model, and report the stuck call once it has run past ``stuck_io_after``. Thawed, the
@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,69 +27,16 @@ from cachemgr.store.aio import StoreIO
 from tests.support.cli import Cli
 from tests.support.daemons import Daemon, free_port, http
 from tests.support.env import REPO
+from tests.support.frozen import FrozenFs, frozen_filesystem, until
 
 CACHED = "https://tfhub.dev/google/mymul/1"
 MISS = "https://tfhub.dev/google/text-embed/1"
-WATCHDOG = 240.0  # seconds after which the fixture thaws the store whatever the test is doing
-
-
-class FrozenFs:
-    """An ext4 image mounted on a loop device, which ``freeze()`` blocks for writing."""
-
-    def __init__(self, root: Path) -> None:
-        for tool, package in (("fsfreeze", "util-linux"), ("mkfs.ext4", "e2fsprogs"), ("mount", "mount")):
-            assert shutil.which(tool), f"{tool} is missing: install the Debian package {package}"
-        self.image = root / "store.img"
-        self.mnt = root / "mnt"
-        self.mnt.mkdir()
-        with self.image.open("wb") as fh:
-            fh.truncate(96 * 1024 * 1024)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
-        done = subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mnt)], capture_output=True, text=True)
-        assert done.returncode == 0, f"cannot loop-mount an ext4 image (needs root and /dev/loop*): {done.stderr}"
-        self.frozen = False
-        self._timer: threading.Timer | None = None
-
-    def freeze(self) -> None:
-        subprocess.run(["fsfreeze", "-f", str(self.mnt)], check=True)
-        self.frozen = True
-        # A bug that touched the store from this process would hang it in D state, where no
-        # finally clause runs: a thread thaws the store after WATCHDOG seconds regardless.
-        self._timer = threading.Timer(WATCHDOG, self.thaw)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def thaw(self) -> None:
-        if self.frozen:
-            self.frozen = False
-            subprocess.run(["fsfreeze", "-u", str(self.mnt)], check=False)
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def remove(self) -> None:
-        self.thaw()
-        if subprocess.run(["umount", str(self.mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(self.mnt)], check=False)
 
 
 @pytest.fixture
 def frozen_fs(tmp_path: Path) -> Iterator[FrozenFs]:
-    fs = FrozenFs(tmp_path)
-    try:
+    with frozen_filesystem(tmp_path) as fs:
         yield fs
-    finally:
-        fs.remove()
-
-
-def _until(what: str, check: Any, timeout: float = 120.0) -> Any:
-    """Poll ``check()`` until it returns something true (a wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def _latencies(sock: str, status: str = "ok") -> list[float]:
@@ -132,7 +77,7 @@ def test_a_frozen_store_blocks_a_miss_but_not_health_status_or_hits(cli: Cli, fr
             assert code == 200, doc
             return [c for c in doc.get("stuck_io", []) if MISS in c["what"]]
 
-        (stuck, *_) = _until("health to report the miss's stuck store call", stuck_on_the_miss)
+        (stuck, *_) = until("health to report the miss's stuck store call", stuck_on_the_miss)
         assert stuck["seconds"] >= 1 and stuck["thread"].startswith("storeio"), stuck
         during = _latencies(sock, "degraded")
         # A hit of the cached model is still answered (reads do not block on a frozen ext4),
@@ -156,7 +101,7 @@ def test_a_frozen_store_blocks_a_miss_but_not_health_status_or_hits(cli: Cli, fr
         asker.join(300)
         code, doc = miss["answer"]
         assert code == 200 and doc["fetched"], doc
-        _until("health to be ok again",
+        until("health to be ok again",
                lambda: call(sock, "GET", "/v1/health", timeout=30)[1]["status"] == "ok")
     finally:
         frozen_fs.thaw()

@@ -20,11 +20,10 @@ import click
 
 from cachemgr.cli.output import fail
 from cachemgr.errors import CachemgrError, ConfigError, StoreError, UsageError
-from cachemgr.ingest.publish import finish_dead_publishes
-from cachemgr.lifecycle.prune_undo import roll_back_dead_prunes
+from cachemgr.lifecycle.recover import recover_dead_runs
 from cachemgr.settings import Settings, load_settings
 from cachemgr.store import faults
-from cachemgr.store.fs import NO_SPACE, clean_stale_temps, disk_error
+from cachemgr.store.fs import NO_SPACE, disk_error
 from cachemgr.store.objects import open_store
 from cachemgr.store.perms import DENIED
 from cachemgr.units import parse_duration, parse_size
@@ -106,11 +105,8 @@ def with_store(*, create: bool = False, missing_ok: bool = False, clean: bool = 
         @functools.wraps(fn)
         def wrapper(c: Ctx, *args: Any, **kwargs: Any) -> Any:
             store = open_store(c.settings, create=create, missing_ok=missing_ok, clean=False)
-            if store.exists():
-                finish_dead_publishes(store)  # a dead run's half-done ref/view update, before its temps go
-                roll_back_dead_prunes(c.settings, store)  # a dead prune's trash: what refs need goes back
-                if clean:
-                    clean_stale_temps(store.tmp, c.settings.temp_grace)
+            if store.exists():  # dead runs' half-done publishes and prunes, then (clean) their temps
+                recover_dead_runs(c.settings, store, collect_temps=clean)
             store.fault = faults.from_setting(c.settings.fault_at)  # the crash tests' hook; unset: None
             return fn(c, store, *args, **kwargs)
         return wrapper  # type: ignore[return-value]

@@ -4,6 +4,7 @@ scan.py         one pass over the store: what it holds, pins and uses (input to 
 prune_plan.py   pure planning: a policy and a scan give a frozen prune plan
 prune_exec.py   carrying out a plan, safe against concurrent pulls and readers
 prune_undo.py   rolling back a dead prune's trash before it is collected
+recover.py      undoing what dead runs left half-done (the CLI before each command, the daemon at start)
 remove_plan.py  ``rm``: pure planning of removing named models (a prune plan of exactly them)
 remove_exec.py  ``rm``: carrying out such a plan (its pins, then prune_exec)
 pins.py         pin, unpin, pin states and the upstream check

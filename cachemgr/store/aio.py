@@ -11,6 +11,15 @@ records when each call started, so that ``stuck()`` can name every call running 
 records): one thread of their own, and at most one pending call per key, so a hung mount
 costs one thread, not one per request.
 
+``job(fn, ...)`` is for the long background work (a prune, a scrub slice, adopting a download,
+the recovery at start-up): threads of their own, so that their minutes do not take the request
+threads, recorded in the same table. A job may rightly run for minutes, so it is not stuck
+for running long, but for making no progress: a thread that got no CPU time for
+``stuck_after`` seconds (its ``/proc/self/task/<tid>/schedstat``, sampled by a thread of its
+own while jobs run) is waiting on something, and a store job waits on nothing else for that
+long but a hung filesystem. Without schedstat (a kernel without ``CONFIG_SCHED_INFO``) a job
+counts from its start, like a call.
+
 The threads are daemon threads, by hand, rather than ``concurrent.futures.ThreadPoolExecutor``:
 that one joins its threads at interpreter exit, so a single call stuck on a hung mount would
 keep a stopping process alive for as long as the mount hangs.
@@ -31,6 +40,7 @@ from typing import Any, TypeVar, TypeVarTuple
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 DEFAULT_THREADS = 16  # store calls at once; the rest queue (and are counted in ``queued``)
+JOB_THREADS = 4  # background jobs at once (prune and scrub take turns; adoptions may overlap)
 
 
 @dataclass(frozen=True)
@@ -40,9 +50,27 @@ class Call:
     what: str
     started: float  # time.monotonic()
     thread: str
+    tid: int = 0  # the thread's native id (its /proc/self/task entry)
+    job: bool = False  # a background job (``StoreIO.job``): stuck when it makes no progress
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        return {"what": self.what, "seconds": round(now - self.started, 1), "thread": self.thread}
+    def to_json(self, now: float, since: float) -> dict[str, Any]:
+        """``since``: when it last made progress (a call: its start)."""
+        doc: dict[str, Any] = {"what": self.what, "seconds": round(now - self.started, 1), "thread": self.thread}
+        if self.job:
+            doc["job"] = True
+            doc["idle"] = round(now - since, 1)  # seconds without CPU time: waiting on the store
+        return doc
+
+
+def cpu_time(tid: int) -> int | None:
+    """Nanoseconds thread ``tid`` of this process has run on a CPU, None if the kernel does not say.
+
+    procfs is answered by the kernel itself, never by a store's filesystem."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 _Job = tuple[Future[Any], str, Callable[..., Any], tuple[Any, ...]]
@@ -54,9 +82,10 @@ class _Lane:
     A thread is started whenever no idle one is waiting for the new job, so a call queues only
     when all ``threads`` are busy (on a hung mount: stuck), never behind one stuck call."""
 
-    def __init__(self, owner: StoreIO, name: str, threads: int) -> None:
+    def __init__(self, owner: StoreIO, name: str, threads: int, job: bool = False) -> None:
         self.owner = owner
         self.name = name
+        self.job = job
         self.max_threads = threads
         self.jobs: collections.deque[_Job] = collections.deque()
         self.threads: list[threading.Thread] = []
@@ -92,7 +121,7 @@ class _Lane:
             future, what, fn, args = job
             self.owner.queued_more(-1)
             if future.set_running_or_notify_cancel():
-                token = self.owner.begin(what)
+                token = self.owner.begin(what, job=self.job)
                 try:
                     result = fn(*args)
                 except BaseException as exc:  # handed to the awaiting coroutine
@@ -123,12 +152,20 @@ class StoreIO:
         self._reported: set[int] = set()
         self._pool = _Lane(self, name, threads)
         self._background = _Lane(self, f"{name}-later", 1)
+        self._jobs = _Lane(self, f"{name}-job", JOB_THREADS, job=True)
         self._later: dict[str, Future[Any]] = {}
+        self._progress: dict[int, tuple[int | None, float]] = {}  # job token: (CPU ns, when it last grew)
+        self._sampling = False
 
     # -- for coroutines ----------------------------------------------------------------------
     async def run(self, fn: Callable[[*Ts], T], *args: *Ts, what: str) -> T:
         """``fn(*args)`` on a store thread; ``what`` names the call in ``stuck()`` ("read ref <handle>")."""
         result: T = await asyncio.wrap_future(self._pool.submit(what, fn, args))
+        return result
+
+    async def job(self, fn: Callable[[*Ts], T], *args: *Ts, what: str) -> T:
+        """``fn(*args)``, a long background job ("prune", "scrub slice"), on a job thread."""
+        result: T = await asyncio.wrap_future(self._jobs.submit(what, fn, args))
         return result
 
     def submit(self, fn: Callable[[*Ts], Any], *args: *Ts, what: str) -> Future[Any]:
@@ -154,22 +191,32 @@ class StoreIO:
                 del self._later[key]
 
     # -- what is running ---------------------------------------------------------------------
-    def stuck(self) -> list[dict[str, Any]]:
-        """The calls running longer than ``stuck_after``, oldest first (JSON-ready)."""
-        now = time.monotonic()
+    def _stuck(self, now: float) -> list[tuple[int, Call, float]]:
+        """(token, call, since) of the stuck calls, oldest first: a call running, or a job idle,
+        for ``stuck_after`` seconds."""
+        out = []
         with self._lock:
-            calls = sorted(self._calls.values(), key=lambda c: c.started)
-        return [c.to_json(now) for c in calls if now - c.started >= self.stuck_after]
+            for token, call in sorted(self._calls.items(), key=lambda kv: kv[1].started):
+                since = self._progress.get(token, (None, call.started))[1] if call.job else call.started
+                if now - since >= self.stuck_after:
+                    out.append((token, call, since))
+        return out
+
+    def stuck(self) -> list[dict[str, Any]]:
+        """The calls running (jobs: idle) longer than ``stuck_after``, oldest first (JSON-ready)."""
+        now = time.monotonic()
+        return [call.to_json(now, since) for _token, call, since in self._stuck(now)]
 
     def newly_stuck(self) -> list[dict[str, Any]]:
         """Like ``stuck()``, but each call once only (for a log line when it crosses the line)."""
         now = time.monotonic()
         out = []
-        with self._lock:
-            for token, call in sorted(self._calls.items(), key=lambda kv: kv[1].started):
-                if now - call.started >= self.stuck_after and token not in self._reported:
-                    self._reported.add(token)
-                    out.append(call.to_json(now))
+        for token, call, since in self._stuck(now):
+            with self._lock:
+                if token in self._reported:
+                    continue
+                self._reported.add(token)
+            out.append(call.to_json(now, since))
         return out
 
     @property
@@ -182,19 +229,44 @@ class StoreIO:
         with self._lock:
             self._queued += n
 
-    def begin(self, what: str) -> int:
+    def begin(self, what: str, job: bool = False) -> int:
         token = next(self._ids)
-        call = Call(what, time.monotonic(), threading.current_thread().name)
+        tid = threading.get_native_id()
+        call = Call(what, time.monotonic(), threading.current_thread().name, tid, job)
         with self._lock:
             self._calls[token] = call
+            if job:
+                self._progress[token] = (cpu_time(tid), call.started)
+                if not self._sampling:
+                    self._sampling = True
+                    threading.Thread(target=self._sample, name=f"{self._pool.name}-progress", daemon=True).start()
         return token
 
     def end(self, token: int) -> None:
         with self._lock:
             self._calls.pop(token, None)
+            self._progress.pop(token, None)
             self._reported.discard(token)
+
+    def _sample(self) -> None:
+        """While jobs run: note when each one's thread last got CPU time (a thread of its own)."""
+        while True:
+            time.sleep(min(max(self.stuck_after / 4, 0.05), 1.0))
+            with self._lock:
+                jobs = [(token, self._calls[token].tid, seen) for token, seen in self._progress.items()]
+                if not jobs:
+                    self._sampling = False
+                    return
+            now = time.monotonic()
+            for token, tid, (was, _since) in jobs:
+                cpu = cpu_time(tid)
+                if cpu is not None and cpu != was:
+                    with self._lock:
+                        if token in self._progress:
+                            self._progress[token] = (cpu, now)
 
     def close(self) -> None:
         """Stop taking calls; threads finish what they have and exit (a stuck one is left behind)."""
         self._pool.close()
         self._background.close()
+        self._jobs.close()

@@ -1,4 +1,14 @@
-"""Running the daemon: sockets (Unix, TCP, or socket activation), signals, sd_notify."""
+"""Running the daemon: sockets (Unix, TCP, or socket activation), signals, sd_notify.
+
+Stopping (SIGTERM, SIGINT) never waits for a store call stuck on a hung mount: the in-flight
+fetches get ``INFLIGHT_STOP`` seconds to end once cancelled, and a thread armed at the signal
+ends the process after ``STOP_DEADLINE`` seconds whatever is still running, or ``EXIT_GRACE``
+seconds after the daemon stopped (a store thread in the kernel cannot be joined, and the
+interpreter's exit joins executor threads forever). The
+exit status is 0 either way: the daemon stopped as asked, and the store stays consistent (every
+write is a temp and a rename; the temps left are collected by the next run). systemd's
+``TimeoutStopSec=10`` (then SIGKILL) is the backstop above ``STOP_DEADLINE``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,8 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +37,44 @@ from cachemgrd.watch import Watcher
 
 log = logging.getLogger("cachemgrd")
 SHUTDOWN_TIMEOUT = 2.0  # seconds requests in progress get to finish at stop
+INFLIGHT_STOP = 3.0  # seconds cancelled fetches get to clean up (their last store call may hang)
+STOP_DEADLINE = 8.0  # seconds from the stop signal to the exit, stuck store threads or not
+EXIT_GRACE = 2.0  # seconds from "stopped" to the exit (the interpreter joins executor threads)
+
+
+def arm_stop_deadline(state: DaemonState | None, deadline: float = STOP_DEADLINE,
+                      where: str = "after the stop signal") -> threading.Timer:
+    """A daemon thread that ends the process ``deadline`` seconds from now, naming what is stuck."""
+    def give_up() -> None:
+        stuck = [c["what"] for c in state.io.stuck()] if state is not None else []
+        log.warning("still running %.0f s %s; exiting without the store calls still running (%s): "
+                    "is the store's filesystem answering?", deadline, where, "; ".join(stuck) or "none stuck",
+                    extra={"event": "stop_abandoned", "stuck_io": stuck})
+        for handler in logging.getLogger().handlers + log.handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(deadline, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def _open_state(settings: Settings, env: Mapping[str, str], config_arg: Any,
+                      stop: asyncio.Event) -> DaemonState | None:
+    """The state (store opened, dead runs undone, in a store job), or None if told to stop first."""
+    opening = asyncio.ensure_future(DaemonState.start_up(settings, env, config_arg))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if opening.done():
+        return opening.result()
+    opening.cancel()
+    arm_stop_deadline(None)
+    log.warning("stopped during start-up, before the store answered", extra={"event": "stopped_at_start"})
+    return None
 
 
 async def _serve_sockets(runner: web.AppRunner, listeners: Listeners, pool: WorkerPool | None,
@@ -46,7 +96,9 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     loop.add_signal_handler(signal.SIGTERM, stop.set)  # first: a SIGTERM during start-up stops us cleanly
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP during start-up ignored; send it again"))
-    state = DaemonState(settings, env, config_arg)
+    state = await _open_state(settings, env, config_arg, stop)
+    if state is None:
+        return
     app = create_app(state)
     count = settings.worker_count(usable_cpus())
     listeners = bind_all(settings, env)
@@ -104,12 +156,15 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
     if ready_file is not None:
         ready_file.write_text("\n".join(where) + "\n")
     await stop.wait()
+    arm_stop_deadline(state)
     log.info("stopping: cancelling %d in-flight fetches", len(state.inflight))
     systemd.notify("STOPPING=1", env)
     watcher.stop()
-    for task in list(state.inflight.values()):
+    fetches = list(state.inflight.values())
+    for task in fetches:
         task.cancel()
-    await asyncio.gather(*state.inflight.values(), return_exceptions=True)
+    if fetches:  # each removes its in-flight mark; on a hung mount that call hangs: not waited for
+        await asyncio.wait(fetches, timeout=INFLIGHT_STOP)
     if pool is not None:
         await pool.stop()  # workers finish their requests (forwarded ones too) while we still serve
     await door.shutdown(SHUTDOWN_TIMEOUT)
@@ -118,6 +173,7 @@ async def serve(settings: Settings, env: Mapping[str, str], config_arg: Any, ove
         pool.close()
     listeners.close()
     log.info("stopped")
+    arm_stop_deadline(state, EXIT_GRACE, "after stopping")  # a stuck thread is never joined at exit
 
 
 def run(settings: Settings, env: Mapping[str, str], config_arg: Any, overrides: Mapping[str, Any],

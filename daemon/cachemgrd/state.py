@@ -3,6 +3,8 @@
 Nothing here touches the store on the event loop: every call goes through ``self.io`` (store
 threads, each call's start recorded, see ``cachemgr.store.aio``), so that a hung mount leaves
 health, status and the hits whose files answer still served, and the stuck call reported.
+Opening the store too (``DaemonState.open``): in a store job, which first undoes what dead runs
+left half-done, as the CLI does before each command (``cachemgr.lifecycle.recover``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from cachemgr.fetch.http import make_session
 from cachemgr.fetch.pull import Puller, PullResult, offline_miss
 from cachemgr.handles import Handle, parse_handle
 from cachemgr.ingest.publish import relink
+from cachemgr.lifecycle.recover import recover_dead_runs
 from cachemgr.settings import Settings, load_settings
 from cachemgr.store.aio import StoreIO
 from cachemgr.store.fs import remove_quietly
-from cachemgr.store.objects import open_store
+from cachemgr.store.objects import Store, open_store
 from cachemgr.store.refs import Ref, RefIndex
 from cachemgr.store.view import hub_key
 from cachemgrd import logs
@@ -35,6 +38,7 @@ from cachemgrd.metrics import Metrics, store_totals
 
 log = logging.getLogger("cachemgrd")
 RESTART_ONLY = ("home", "socket", "listen")  # bound or opened at start; SIGHUP cannot change them
+CLOSE_WAIT = 2.0  # how long cancelled tasks get to end at shutdown (their store calls may hang)
 TOTALS_WAIT = 1.0  # how long status and metrics wait for a rescan of the totals before giving the last ones
 
 
@@ -47,16 +51,34 @@ def client_offline_miss(text: str) -> OfflineMissError:
     )
 
 
+def open_for_daemon(settings: Settings) -> Store:
+    """At start-up, in a store thread: the store (made if it is not there yet), with dead runs'
+    half-done publishes and prunes undone and their temps collected, before anything is served.
+
+    An existing store is not "created" again: that makes its directories (``mkdir``, a write),
+    and a start on a store that answers reads but hangs writes (frozen, or a full quota on
+    some filesystems) would hang there with nothing to do."""
+    probe = Store(settings.home, settings.view)
+    fresh = not probe.exists() or (probe.view_elsewhere and not probe.view.is_dir())
+    store = open_store(settings, create=fresh, clean=False)
+    done = recover_dead_runs(settings, store, collect_temps=True)
+    if done.published or done.restored:
+        log.warning("finished what dead runs left half-done: publishes of %s; restored from dead prunes: %s",
+                    done.published or "none", done.restored or "none")
+    return store
+
+
 class DaemonState:
-    def __init__(self, settings: Settings, env: Mapping[str, str], config_arg: Any = None) -> None:
+    def __init__(self, settings: Settings, env: Mapping[str, str], config_arg: Any, store: Store,
+                 io: StoreIO) -> None:
         self.env = dict(env)
         self.config_arg = config_arg
         self.settings = settings
-        self.store = open_store(settings)  # at start-up, before anything is served
+        self.store = store
         self.index = RefIndex(self.store)
         self.metrics = Metrics()
         self.inflight: dict[str, asyncio.Task[PullResult]] = {}
-        self.io = StoreIO(settings.stuck_io_after)
+        self.io = io
         self.puller = Puller(settings, self.store, io=self.io)
         self.session: aiohttp.ClientSession | None = None
         self.started = time.time()
@@ -64,6 +86,17 @@ class DaemonState:
         self._totals: tuple[float, tuple[int, int]] = (-1e9, (0, 0))
         self._scan: asyncio.Task[None] | None = None
         self.hits = HitPath(self.store, self.index, settings.node_id, self.io)
+
+    @classmethod
+    async def start_up(cls, settings: Settings, env: Mapping[str, str], config_arg: Any = None) -> DaemonState:
+        """The state, with the store opened and dead runs' leftovers undone in a store job."""
+        io = StoreIO(settings.stuck_io_after)
+        try:
+            store = await io.job(open_for_daemon, settings, what="open the store and undo what dead runs left")
+        except BaseException:
+            io.close()
+            raise
+        return cls(settings, env, config_arg, store, io)
 
     async def store_totals(self, max_age: float = 15.0) -> tuple[int, int]:
         """(blob bytes, models), rescanned at most every ``max_age`` seconds (scrapes are frequent).
@@ -112,7 +145,8 @@ class DaemonState:
         tasks = list(self.inflight.values()) + list(self.background)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:  # a task whose cleanup is a store call on a hung mount is not waited for
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT)
         if self.session is not None:
             await self.session.close()
         self.io.submit(self.puller.close, what="stop the ingest threads")  # joins them: not on the loop

@@ -4,8 +4,10 @@ inotify does not see changes made by other NFS clients, so everything the events
 also done by a periodic sweep.
 
 The event loop touches no file here: each check is a store call (``state.io``, reported when
-stuck); the long jobs (adopting a download, prune, a scrub slice) run in the default executor,
-so that their minutes are not taken for a hung call.
+stuck); the long jobs (adopting a download, prune, a scrub slice) are store jobs
+(``state.io.job``): threads of their own, reported in ``/v1/health`` and ``cachemgr status``
+when one gets no CPU time for ``stuck_io_after`` (hung on the store's mount), not merely for
+running long, and never joined by a stopping daemon.
 """
 
 from __future__ import annotations
@@ -180,19 +182,19 @@ class Watcher:
 
     async def maintain(self) -> None:
         """Prune on the configured watermarks and run a slice of the background scrub."""
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
         settings = self.state.settings
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
-            try:  # a job of minutes, not one store call: the default executor (it logs its own line)
-                await loop.run_in_executor(None, auto_prune, settings, self.state.store)
+            try:  # a job of minutes, not one store call (it logs its own line)
+                await self.state.io.job(auto_prune, settings, self.state.store,
+                                        what="prune (automatic, by the prune_* watermarks)")
             except (CachemgrError, OSError) as err:
                 log.error("automatic prune failed: %s", err)
         if settings.scrub_rate and now - self._last_scrub >= SCRUB_EVERY:
             self._last_scrub = now
             try:  # scrub logs its own line
-                await loop.run_in_executor(None, scrub, settings, self.state.store)
+                await self.state.io.job(scrub, settings, self.state.store, what="scrub slice (background, scrub_rate)")
             except (CachemgrError, OSError) as err:
                 log.error("background scrub failed: %s", err)
 
@@ -216,9 +218,8 @@ class Watcher:
             handle = parse_handle(handle_text)
         except CachemgrError:
             return False
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self._adopt_sync, entry, handle)
+            await self.state.io.job(self._adopt_sync, entry, handle, what=f"adopt view/{name} ({handle_text})")
         except CachemgrError as err:
             log.warning("cannot adopt %s (%s): %s", entry, handle_text, err)
             self.state.metrics.error("adopt_failed")

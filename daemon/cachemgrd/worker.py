@@ -86,7 +86,7 @@ class WorkerState:
 
     def __init__(self, settings: Settings, slot: CounterSlot) -> None:
         self.settings = settings
-        self.store = open_store(settings)
+        self.store = open_store(settings, create=False, clean=False)  # the primary made it and cleaned up
         self.index = RefIndex(self.store)
         self.slot = slot
         self.io = StoreIO(settings.stuck_io_after)  # store calls off the loop (cachemgr.store.aio)
