@@ -1,4 +1,4 @@
-"""Progress bars on a terminal for verify (blob hashing, and --deep's loads) and prune, as for
+"""Progress bars on a terminal for verify (blob hashing, and --deep's loads), prune and rm, as for
 pull, export and import; none when the output is not a terminal. `script` gives the child a pty."""
 
 from __future__ import annotations
@@ -50,3 +50,14 @@ def test_prune_shows_a_bar_on_a_tty_and_none_for_a_dry_run_or_a_pipe(cli: Cli, h
     assert cli("pull", TEXT1).code == 0
     piped = cli("prune", "--max-size", "0", "--grace", "0")
     assert piped.code == 0 and "%|" not in piped.err and "1 model evicted" in piped.out, piped.out + piped.err
+
+
+def test_rm_shows_a_bar_on_a_tty_and_none_for_a_dry_run_or_a_pipe(cli: Cli, home: Path) -> None:
+    assert cli("pull", MYMUL, TEXT1).code == 0
+    code, out = on_a_tty(cli, home, "rm", "--dry-run", MYMUL)
+    assert code == 0 and "%|" not in out and "would remove" in out, out
+    code, out = on_a_tty(cli, home, "rm", MYMUL)
+    assert code == 0, out
+    assert "rm: 100%|" in out and "item" in out and "removed 1 model" in out, out[-800:]
+    piped = cli("rm", TEXT1)
+    assert piped.code == 0 and "%|" not in piped.err and "removed 1 model" in piped.out, piped.out + piped.err

@@ -234,7 +234,13 @@ def rm(c: Ctx, store: Store, handles: tuple[str, ...], force: bool, dry_run: boo
     refusal = plan.refusal()
     if refusal is not None:
         raise refusal
-    result = None if dry_run else run_remove(c.settings, store, plan)
+    result = None
+    if not dry_run:
+        bar = Bars(sys.stderr.isatty() and not as_json).new("rm", unit="item")
+        try:
+            result = run_remove(c.settings, store, plan, bar)
+        finally:
+            bar.close()
     if as_json:
         _emit_plan(dry_run, plan, result)
         return
