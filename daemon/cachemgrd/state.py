@@ -129,6 +129,11 @@ class DaemonState:
         while True:
             await asyncio.sleep(min(max(self.settings.stuck_io_after / 2, 0.1), 5.0))
             for call in self.io.newly_stuck():
+                if call.get("job"):  # a job is stuck for getting no CPU time, not for running long
+                    log.warning("background job stuck, no CPU time for %.0fs: %s (thread %s, running %.0fs); "
+                                "is the store's filesystem answering?", call["idle"], call["what"],
+                                call["thread"], call["seconds"])
+                    continue
                 log.warning("store call stuck for %.0fs: %s (thread %s); is the store's filesystem "
                             "answering?", call["seconds"], call["what"], call["thread"])
 
