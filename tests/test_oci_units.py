@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from cachemgr.errors import ConfigError, UnsafeManifestError, UsageError
-from cachemgr.oci.auth import load_credentials, parse_challenge
+from cachemgr.oci.auth import parse_challenge
 from cachemgr.oci.client import is_insecure
+from cachemgr.oci.credentials import Credentials, find_credentials
 from cachemgr.oci.modelpack import ARTIFACT_TYPE, build_artifact, parse_artifact
 from cachemgr.oci.reference import parse_reference, parse_registry, reference_for
 from cachemgr.settings import Settings
@@ -68,12 +69,19 @@ def test_challenges_and_docker_config(tmp_path: Path) -> None:
     cfg.write_text(json.dumps({"auths": {
         "https://reg.example:5000/v1/": {"auth": base64.b64encode(b"alice:pw:with:colons").decode()},
         "other": {"username": "bob", "password": "x"}}}))
-    assert load_credentials(cfg, "reg.example:5000") == ("alice", "pw:with:colons")
-    assert load_credentials(cfg, "other") == ("bob", "x")
-    assert load_credentials(cfg, "nobody") is None and load_credentials(tmp_path / "absent.json", "x") is None
+    def creds(path: Path, host: str) -> Credentials | None:
+        return find_credentials(path, host, 5.0).credentials
+
+    assert creds(cfg, "reg.example:5000") == Credentials("alice", "pw:with:colons")
+    assert creds(cfg, "other") == Credentials("bob", "x")
+    assert creds(cfg, "nobody") is None and creds(tmp_path / "absent.json", "x") is None
+    cfg.write_text(json.dumps({"auths": {"tok": {"identitytoken": "r3fr3sh"}}, "credHelpers": {"x": "no such/name"}}))
+    assert creds(cfg, "tok") == Credentials("<token>", "r3fr3sh") and creds(cfg, "tok").identity_token == "r3fr3sh"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="not the NAME of a credential helper"):
+        creds(cfg, "x")
     cfg.write_text("{not json")
     with pytest.raises(ConfigError, match="not JSON"):
-        load_credentials(cfg, "x")
+        creds(cfg, "x")
 
 
 def _model() -> tuple[Manifest, Ref]:

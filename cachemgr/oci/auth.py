@@ -1,18 +1,18 @@
-"""Registry authentication: anonymous, basic credentials from a docker config.json, bearer tokens.
+"""Registry authentication: anonymous, docker's credentials (credentials.py), bearer tokens.
 
-Credentials come from the file ``Settings.registry_auth_file`` names (REGISTRY_AUTH_FILE, else
-$DOCKER_CONFIG/config.json, else ~/.docker/config.json), in docker's format:
-``{"auths": {"HOST[:PORT]": {"auth": base64("user:password")}}}`` (or ``username``/``password``).
-A 401's ``WWW-Authenticate`` says what to do: ``Basic`` resends with those credentials;
-``Bearer realm=...,service=...,scope=...`` fetches a token from the realm (which may be on
-another host, or relative to the registry) and resends with it. Tokens are kept per scope.
+Credentials are looked up once per registry, when a 401 first asks, in a thread (the lookup
+reads the config.json and may run a credential helper): credHelpers, then credsStore, then
+auths, as docker does. A 401's ``WWW-Authenticate`` says what to do: ``Basic`` resends with
+those credentials; ``Bearer realm=...,service=...,scope=...`` fetches a token from the realm
+(which may be on another host, or relative to the registry) and resends with it: a GET with the
+basic credentials (or anonymous), or, for an identity token, the OAuth2 POST
+(``grant_type=refresh_token``) docker uses. Tokens are kept per scope.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -21,58 +21,20 @@ from typing import Any
 
 import aiohttp
 
-from cachemgr.errors import ConfigError, RegistryAuthError
+from cachemgr.errors import RegistryAuthError
+from cachemgr.oci.credentials import Credentials, Found, find_credentials
 
 _PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+CLIENT_ID = "cachemgr"  # the OAuth2 client_id sent with an identity token
 
 
-def _fix(host: str, auth_file: Path | None) -> str:
-    where = str(auth_file) if auth_file else "REGISTRY_AUTH_FILE"
+def _fix(host: str, found: Found) -> str:
+    if found.helper is not None:
+        return (f"run `docker login {host}` (it stores them with {found.helper}, set by {found.setting}), or "
+                f"give REGISTRY_AUTH_FILE a config.json with an auths entry for {host}")
     return (f"run `docker login {host}` (or podman/skopeo login --authfile), or put "
-            f"{{\"auths\": {{\"{host}\": {{\"auth\": \"<base64 user:password>\"}}}}}} in {where} "
+            f"{{\"auths\": {{\"{host}\": {{\"auth\": \"<base64 user:password>\"}}}}}} in {found.source} "
             "(REGISTRY_AUTH_FILE / DOCKER_CONFIG)")
-
-
-def _auth_key(key: str) -> str:
-    """A config.json ``auths`` key as HOST[:PORT]: docker also writes ``https://host/v1/`` forms."""
-    text = key.strip()
-    if "://" in text:
-        text = urllib.parse.urlsplit(text).netloc
-    return text.split("/", 1)[0].lower()
-
-
-def load_credentials(path: Path | None, host: str) -> tuple[str, str] | None:
-    """(user, password) for ``host`` from a docker config.json; None when there are none."""
-    if path is None:
-        return None
-    try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"registry auth file {path}: cannot read ({exc.strerror}); fix its mode or "
-                          "REGISTRY_AUTH_FILE") from None
-    except ValueError:
-        raise ConfigError(f"registry auth file {path} is not JSON; fix it (docker's config.json format) or "
-                          "point REGISTRY_AUTH_FILE elsewhere") from None
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    for key, entry in auths.items():
-        if _auth_key(str(key)) != host or not isinstance(entry, dict):
-            continue
-        if isinstance(entry.get("auth"), str) and entry["auth"]:
-            try:
-                user, sep, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                sep = ""
-            if not sep:
-                raise ConfigError(f"registry auth file {path}: the auth of {key!r} is not base64 of "
-                                  "user:password; log in again")
-            return user, password
-        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-            return entry["username"], entry["password"]
-    return None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -91,37 +53,39 @@ class Auth:
     base: str  # the registry's base URL, for a relative realm
     auth_file: Path | None
     proxy: str | None = None  # the token server is reached the way its registry is
-    _creds: tuple[str, str] | None = None
-    _loaded: bool = False
+    helper_timeout: float = 30.0  # seconds a credential helper has to answer
+    _found: Found | None = None
+    _lookup: asyncio.Lock = field(default_factory=asyncio.Lock)  # concurrent 401s ask the helper once
     _headers: dict[str, str] = field(default_factory=dict)  # scope key -> Authorization value
 
-    def credentials(self) -> tuple[str, str] | None:
-        if not self._loaded:
-            self._creds = load_credentials(self.auth_file, self.host)
-            self._loaded = True
-        return self._creds
+    def found(self) -> Found:
+        """The credentials for this host (looked up once; in a thread: it may run a helper)."""
+        if self._found is None:
+            self._found = find_credentials(self.auth_file, self.host, self.helper_timeout)
+        return self._found
 
     def header(self, scopes: tuple[str, ...]) -> str | None:
         return self._headers.get(" ".join(scopes)) or self._headers.get("*")
-
-    def _basic(self) -> str | None:
-        creds = self.credentials()
-        if creds is None:
-            return None
-        return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
 
     async def answer(self, session: aiohttp.ClientSession, challenge: str, scopes: tuple[str, ...],
                      refused: bool) -> str:
         """The Authorization value that answers ``challenge`` (a 401's WWW-Authenticate)."""
         scheme, params = parse_challenge(challenge)
-        basic = await asyncio.to_thread(self._basic)  # reads the auth file: never on the event loop
+        async with self._lookup:
+            found = await asyncio.to_thread(self.found)  # reads the auth file, runs a helper: never on the loop
+        creds = found.credentials
         if scheme == "basic":
-            if basic is None:
-                raise RegistryAuthError(f"registry {self.host} wants a user name and password; "
-                                        f"{_fix(self.host, self.auth_file)}")
+            if creds is None:
+                none = f" and {found.helper} has none for it" if found.helper else ""
+                raise RegistryAuthError(f"registry {self.host} wants a user name and password{none}; "
+                                        f"{_fix(self.host, found)}")
+            if creds.identity_token is not None:
+                raise RegistryAuthError(f"registry {self.host} wants a user name and password, but {found.source} "
+                                        f"holds an identity token for it; {_fix(self.host, found)}")
             if refused:
-                raise RegistryAuthError(f"registry {self.host} refused the credentials for {self.host} in "
-                                        f"{self.auth_file}; {_fix(self.host, self.auth_file)}")
+                raise RegistryAuthError(f"registry {self.host} refused the credentials for {self.host} from "
+                                        f"{found.source}; {_fix(self.host, found)}")
+            basic = _basic(creds)
             self._headers["*"] = basic
             return basic
         if scheme != "bearer" or not params.get("realm"):
@@ -129,31 +93,40 @@ class Auth:
                                     f"({challenge[:80]!r}); use a registry with basic or token auth")
         if refused:
             raise RegistryAuthError(f"registry {self.host} refused the token it issued for {' '.join(scopes)}"
-                                    f"{'' if basic else ' (anonymous)'}; {_fix(self.host, self.auth_file)}")
-        token = await self._token(session, params, scopes, basic)
+                                    f"{'' if creds else ' (anonymous)'}; {_fix(self.host, found)}")
+        token = await self._token(session, params, scopes, found)
         value = f"Bearer {token}"
         self._headers[" ".join(scopes)] = value
         return value
 
     async def _token(self, session: aiohttp.ClientSession, params: dict[str, str], scopes: tuple[str, ...],
-                     basic: str | None) -> str:
+                     found: Found) -> str:
         realm = urllib.parse.urljoin(self.base + "/", params["realm"])  # a relative realm is the registry's
         wanted = list(scopes)
         if params.get("scope") and params["scope"] not in wanted:
             wanted.append(params["scope"])
-        query: list[tuple[str, str]] = [("service", params["service"])] if params.get("service") else []
-        query += [("scope", s) for s in wanted]
-        headers = {"Authorization": basic} if basic else {}
+        creds = found.credentials
+        service = [("service", params["service"])] if params.get("service") else []
+        refresh = creds.identity_token if creds else None
         try:
-            async with session.get(realm, params=query, headers=headers, allow_redirects=True,
-                                   proxy=self.proxy) as resp:
+            if refresh is not None:  # docker's OAuth2 form: POST grant_type=refresh_token
+                form = [("grant_type", "refresh_token"), ("refresh_token", refresh), ("client_id", CLIENT_ID),
+                        *service, ("scope", " ".join(wanted))]
+                request = session.post(realm, data=form, allow_redirects=True, proxy=self.proxy)
+            else:
+                headers = {"Authorization": _basic(creds)} if creds else {}
+                request = session.get(realm, params=[*service, *(("scope", w) for w in wanted)], headers=headers,
+                                      allow_redirects=True, proxy=self.proxy)
+            async with request as resp:
                 if resp.status in (401, 403):
-                    who = f"the credentials for {self.host} in {self.auth_file}" if basic else "anonymous access"
+                    who = (f"the identity token for {self.host} from {found.source}" if refresh else
+                           f"the credentials for {self.host} from {found.source}" if creds else "anonymous access")
                     raise RegistryAuthError(f"token server {realm} refused {who} (HTTP {resp.status}); "
-                                            f"{_fix(self.host, self.auth_file)}")
+                                            f"{_fix(self.host, found)}")
                 if resp.status != 200:
-                    raise RegistryAuthError(f"token server {realm} answered HTTP {resp.status}; check the "
-                                            "registry's auth service")
+                    raise RegistryAuthError(f"token server {realm} answered HTTP {resp.status}"
+                                            f"{' to an identity token' if refresh else ''}; check the registry's "
+                                            "auth service")
                 doc: Any = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise RegistryAuthError(f"token server {realm} failed ({exc}); check that it is reachable") from None
@@ -161,3 +134,7 @@ class Auth:
         if not isinstance(token, str) or not token:
             raise RegistryAuthError(f"token server {realm} gave no token; check the registry's auth service")
         return token
+
+
+def _basic(creds: Credentials) -> str:
+    return "Basic " + base64.b64encode(f"{creds.user}:{creds.secret}".encode()).decode()

@@ -103,7 +103,7 @@ class RegistryClient:
         self.host = host
         self.proxy = proxy  # the HTTP proxy every request to this registry goes through; None: directly
         self.base = f"{'http' if is_insecure(settings, host) else 'https'}://{host}"
-        self.auth = Auth(host, self.base, settings.registry_auth_file, proxy)
+        self.auth = Auth(host, self.base, settings.registry_auth_file, proxy, settings.connect_timeout)
         self.counts = Counts()
 
     def _error(self, what: str, resp: aiohttp.ClientResponse, body: bytes = b"") -> RegistryError:
