@@ -5,7 +5,8 @@ downloads a model into the shared store: every call on that node's mount now wai
 kernel. The daemon must go on answering ``/v1/health`` (``degraded``, naming stuck calls), and
 SIGTERM must end it (with status 0: it stopped as asked) although store threads of it are
 stuck in the kernel, instead of hanging in its shutdown until the mount answers. Then the
-client resumes, and another node verifies the store and pulls the model.
+client resumes, and another node verifies the store and pulls the model. A daemon started on
+the hung mount (its start-up waiting on the store) stops on SIGTERM too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cachemgr.client.daemon_client import call
 from tests.support.cluster import SharedStore
 from tests.support.daemons import process_state, wait_for
 from tests.support.gluster import GlusterBed
-from tests.support.hung_mount import hung
+from tests.support.hung_mount import fuse_waits, hung
 from tests.support.origin import FakeOrigin
 
 MYMUL = "https://tfhub.dev/google/mymul/1"
@@ -86,3 +87,28 @@ def test_a_daemon_on_a_hung_mount_reports_it_and_stops_on_sigterm(
     pulled = store.cli(other, "pull", MYMUL, timeout=300)
     assert pulled.code == 0, pulled.err
     assert store.cli(other, "verify", timeout=300).code == 0
+
+
+def test_a_daemon_starting_on_a_hung_mount_stops_on_sigterm(
+    shared_store: Callable[..., SharedStore], gluster_bed: GlusterBed, origin: FakeOrigin,
+) -> None:
+    """Its start-up (opening the store, undoing dead runs) is a store job: SIGTERM meanwhile ends it."""
+    store = shared_store()
+    node, other = gluster_bed.nodes[2], gluster_bed.nodes[3]
+    assert store.cli(other, "pull", MYMUL, timeout=300).code == 0
+    with hung(node):
+        d = store.daemon(node, ready=False)
+        assert wait_for(lambda: fuse_waits(d.proc.pid) > 0, 120, 0.1), \
+            f"the daemon never waited on its hung mount: {d.output()}"
+        assert not d.ready.exists()  # not ready: the store did not answer
+        sent = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            code = d.proc.wait(STOP_BOUND)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the daemon starting on a hung mount did not exit {STOP_BOUND:.0f}s after "
+                                 f"SIGTERM: {d.output()[-3000:]}") from None
+        print(f"\nstarting on a hung mount, the daemon exited {code} {time.monotonic() - sent:.1f}s after SIGTERM")
+        assert code == 0 and "stopped during start-up" in d.output(), (code, d.output()[-3000:])
+    v = store.cli(other, "verify", timeout=300)
+    assert v.code == 0, f"verify from {other.name} after the hang: {v.out}{v.err}"

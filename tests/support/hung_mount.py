@@ -4,7 +4,8 @@ Every call on a FUSE mount is a request its client process (``glusterfs``) reads
 ``/dev/fuse`` and answers. Stopped, the client reads nothing: every call on that node's mount,
 read or write, waits in the kernel (``request_wait_answer``) until it runs again, as on a
 GlusterFS, NFS or Lustre server gone away. Other nodes have their own clients and go on.
-``hung(node)`` stops the client of ``node`` (tests/support/gluster.py) and always resumes it.
+``hung(node)`` stops the client of ``node`` (tests/support/gluster.py) and always resumes it;
+``fuse_waits(pid)`` counts the threads of ``pid`` waiting in the kernel for a FUSE answer.
 """
 
 from __future__ import annotations
@@ -49,3 +50,19 @@ def hung(node: Node) -> Iterator[int]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+def fuse_waits(pid: int) -> int:
+    """How many threads of ``pid`` wait in the kernel for a FUSE answer (their ``wchan``)."""
+    n = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            wchan = Path(f"/proc/{pid}/task/{tid}/wchan").read_text()
+        except OSError:
+            continue
+        n += "fuse" in wchan or wchan == "request_wait_answer"
+    return n
