@@ -18,6 +18,7 @@ from aiohttp.typedefs import Middleware
 from cachemgr import __version__
 from cachemgr.errors import CachemgrError, FetchError, HandleError, NotCachedError
 from cachemgr.handles import parse_handle
+from cachemgr.oci.reference import is_oci
 from cachemgr.settings import Settings
 from cachemgr.store.aio import StoreIO
 from cachemgr.store.objects import Store
@@ -175,8 +176,9 @@ async def pull(request: web.Request) -> web.Response:
     state = request.app[PRIMARY]
     results = []
     for h in handles:
-        try:
-            results.append({"handle": h, "status": "ok", **(await state.resolve(h)).to_json()})
+        try:  # an oci://HOST/REPO:TAG is one artifact, as for `cachemgr pull`
+            got = await (state.pull_artifact(h) if is_oci(h) else state.resolve(h))
+            results.append({"handle": h, "status": "ok", **got.to_json()})
         except CachemgrError as err:
             results.append({"handle": h, "status": "failed", "error": {"type": err.code, "message": str(err)}})
     return web.json_response({"results": results})

@@ -198,6 +198,24 @@ class DaemonState:
     def served(self) -> None:
         self.metrics.hits += 1
 
+    async def pull_artifact(self, text: str) -> Resolved:
+        """``/v1/pull`` of ``oci://HOST[:PORT]/REPO:TAG``: that artifact into the store, as
+        ``cachemgr pull`` does (once however many ask at once; only the blobs the store lacks)."""
+        task = self.inflight.get(text)
+        if task is None:
+            self.metrics.fetches += 1
+            task = asyncio.ensure_future(self._fetch(text))
+            self.inflight[text] = task
+            task.add_done_callback(self._forget(text))
+        result = await asyncio.shield(task)
+        if result.error is not None:  # logged by _fetch
+            raise result.error
+        assert result.ref is not None
+        ref = result.ref
+        await mark_used(self.io, self.store.home, ref.handle, self.settings.node_id)
+        return Resolved(ref, text, str(self.store.view / hub_key(ref.handle)),
+                        str(self.store.snapshot_path(ref.manifest)), True)
+
     def _stored(self, text: str, handle: Handle) -> tuple[Ref | None, bool]:
         """(the stored ref for ``text`` or None, whether to fetch it afresh); in a store thread."""
         ref = self.index.lookup(text)
