@@ -139,7 +139,10 @@ def run_helper(program: str, where: str, host: str, timeout: float) -> Credentia
     try:
         out, err = proc.communicate(host.encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the helper and whatever it started
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the helper and whatever it started
+        except ProcessLookupError:
+            pass  # it ended meanwhile
         proc.communicate()
         raise RegistryAuthError(f"registry {host}: the credential helper {program} gave no answer in {timeout:g} s "
                                 f"(connect_timeout); check it (a locked keyring?) with `echo {host} | {program} get`"
