@@ -77,9 +77,10 @@ class Bench:
         self.site_daemon = self._daemon(home, {}, f"127.0.0.1:{free_port()}")
         return self.site_daemon
 
-    def _daemon(self, home: Path, extra: dict[str, str], listen: str | None = None) -> Daemon:
+    def _daemon(self, home: Path, extra: dict[str, str], listen: str | None = None,
+                env: dict[str, str] | None = None) -> Daemon:
         home.mkdir(parents=True, exist_ok=True)
-        d = Daemon(home, {**self.env, **extra}, sock=home / "d.sock", listen=listen)
+        d = Daemon(home, {**(self.env if env is None else env), **extra}, sock=home / "d.sock", listen=listen)
         d.wait_ready(60)
         self.daemons.append(d)
         return d
@@ -87,9 +88,14 @@ class Bench:
     def node(self, proxy: str | None) -> Daemon:
         self.count += 1
         extra = {"CACHEMGR_UPSTREAMS": self.site_daemon.base}
+        env = dict(self.env)
         if proxy:
             extra["CACHEMGR_PROXY"] = proxy
-        return self._daemon(self.root / f"node{self.count}", extra)
+            # bench_env's NO_PROXY names 127.0.0.1, where the site listens: a node would bypass
+            # Squid (the default proxy honours NO_PROXY) and every node hit the site itself.
+            for var in ("NO_PROXY", "no_proxy"):
+                env.pop(var, None)
+        return self._daemon(self.root / f"node{self.count}", extra, env=env)
 
     def retire(self, d: Daemon) -> None:
         d.stop(signal.SIGTERM)
@@ -167,11 +173,16 @@ class Bench:
                 "node_mib_s": self.model_bytes / node / 2**20, "curl_mib_s": self.model_bytes / curl / 2**20,
                 "ratio": curl / node}
 
-    def herd(self, proxy: str) -> dict[str, Any]:
-        nodes = [self.node(proxy) for _ in range(self.args.nodes)]
-        before = self.egress()
+    def herd(self, squid: Squid) -> dict[str, Any]:
+        nodes = [self.node(squid.url) for _ in range(self.args.nodes)]
+        before, logged = self.egress(), len(squid.access_lines())
         times = self.fill(nodes)
         sent = self.egress() - before
+        # Every node's every blob through Squid, or the egress says nothing about Squid.
+        through = sum("/v1/blobs/" in line for line in squid.access_lines()[logged:])
+        if through < len(nodes) * len(self.blobs):
+            raise harness.ChildError(f"Squid logged {through} blob requests, {len(nodes)} nodes should have made "
+                                     f"{len(nodes) * len(self.blobs)}: the nodes went around it")
         for d in nodes:
             self.retire(d)
         return {"last_s": max(times), "first_s": min(times), "egress_bytes": sent,
@@ -192,9 +203,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.no_squid:
             return out
         with Squid() as squid:
-            out["squid_cold"] = bench.herd(squid.url)
+            out["squid_cold"] = bench.herd(squid)
             out["squid_hit"] = bench.node_vs_curl(squid.url)
-            out["squid_hit_herd"] = bench.herd(squid.url)
+            out["squid_hit_herd"] = bench.herd(squid)
         out["waited_for_idle_s"] = round(bench.gate.waited, 1)
         return out
     finally:
