@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from cachemgr.errors import CachemgrError, IntegrityError, UnsafeManifestError
+from cachemgr.fetch.receive import BlobReceiver, receive
 from cachemgr.fetch.upstream_groups import Attempt, Failover
 from cachemgr.handles import Handle
 from cachemgr.ingest.publish import record_model
@@ -44,9 +46,8 @@ log = logging.getLogger("cachemgr.fetch.upstream")
 UPSTREAM_CONNECT_TIMEOUT = 2.0
 # Sent when an answer arrived corrupt and is asked for again: a cache on the way fetches anew.
 NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache"}
-_TIMEOUT = aiohttp.ClientTimeout(sock_connect=UPSTREAM_CONNECT_TIMEOUT, sock_read=60)
-_CHUNK = 4 << 20  # a blob's bytes are hashed and written this many at a time
-_READ_BUFFER = 4 << 20  # aiohttp's default, 64 KiB, stops reading the socket at 128 KiB buffered
+UPSTREAM_READ_TIMEOUT = 60.0  # at most this long without a byte: a stalled upstream is a failed one
+_TIMEOUT = aiohttp.ClientTimeout(sock_connect=UPSTREAM_CONNECT_TIMEOUT, sock_read=UPSTREAM_READ_TIMEOUT)
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str, proxy: str | None) -> dict[str, Any] | None:
@@ -97,21 +98,15 @@ def parse_upstream_ref(doc: Any, base: str) -> UpstreamRef:
     return UpstreamRef(str(digest), url, tuple(aliases), optional["etag"], optional["x_goog_hash"], size)
 
 
-async def _fetch_blob_checked(session: aiohttp.ClientSession, store: Store, up: Attempt, digest: str,
-                              size: int, io: StoreIO) -> None:
+async def _fetch_blob_checked(store: Store, up: Attempt, digest: str, size: int, io: StoreIO,
+                              tls: ssl.SSLContext | None) -> None:
     """One blob, verified; a corrupt arrival is asked for once more with ``no-cache``."""
     try:
-        await _fetch_blob(session, store, up, digest, size, {}, io)
+        await _fetch_blob(store, up, digest, size, {}, io, tls)
     except IntegrityError as exc:
         log.warning("upstream %s: blob %s arrived corrupt (%s); asking again with Cache-Control: no-cache",
                     up.describe(), digest, exc)
-        await _fetch_blob(session, store, up, digest, size, NO_CACHE, io)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+        await _fetch_blob(store, up, digest, size, NO_CACHE, io, tls)
 
 
 def _stage(store: Store) -> tuple[Path, int]:
@@ -124,43 +119,24 @@ def _stage(store: Store) -> tuple[Path, int]:
         raise
 
 
-async def _fetch_blob(session: aiohttp.ClientSession, store: Store, up: Attempt, digest: str, size: int,
-                      headers: dict[str, str], io: StoreIO) -> None:
+async def _fetch_blob(store: Store, up: Attempt, digest: str, size: int, headers: dict[str, str], io: StoreIO,
+                      tls: ssl.SSLContext | None) -> None:
     """Fetch one blob of ``size`` bytes (the manifest's word); more or fewer bytes are refused.
-    Every write is a store call in a thread (``io``), never on the event loop."""
+    The body is received, hashed and written off the event loop (:mod:`cachemgr.fetch.receive`,
+    every write a store call in ``io``), not through the aiohttp session, which costs far more CPU."""
     base = up.url
     staging, fd = await io.run(_stage, store, what=f"stage blob {digest}")
     try:
         target = staging / "blob"
-        sha = hashlib.sha256()
-        got = 0
-        pending: asyncio.Future[Any] | None = None  # the chunk before, being hashed and written
-        try:
-            async with session.get(f"{base}/v1/blobs/{digest}", proxy=up.proxy, headers=headers,
-                                   timeout=_TIMEOUT, read_bufsize=_READ_BUFFER) as resp:
-                resp.raise_for_status()
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    got += len(chunk)
-                    if got > size:
-                        break
-                    if pending is not None:
-                        await pending
-                    # Hashed (hashlib lets go of the GIL) and written in threads, in order, while
-                    # the loop reads the next chunk: receive, hash and write run side by side.
-                    pending = asyncio.gather(asyncio.to_thread(sha.update, chunk),
-                                             io.run(_write_all, fd, chunk, what=f"write blob {digest}"))
-            if pending is not None:
-                await pending
-                pending = None
-        finally:
-            if pending is not None:  # failed midway: no thread may still write when fd closes
-                await asyncio.gather(pending, return_exceptions=True)
-            await io.run(os.close, fd, what=f"close blob {digest}")
+        receiver = BlobReceiver(f"{base}/v1/blobs/{digest}", up.proxy, headers, size, fd, io, f"blob {digest}",
+                                tls, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_READ_TIMEOUT)
+        got, sha = await receive(receiver)  # the receiving thread closes fd once its writes are done
         if got != size:
             raise IntegrityError(f"upstream {base}: blob {digest} arrived with {'more than ' if got > size else ''}"
-                                 f"{got} bytes, but its manifest says {size}; the upstream is broken or hostile")
-        if sha.hexdigest() != digest:
-            raise IntegrityError(f"upstream {base}: blob {digest} arrived with sha256 {sha.hexdigest()}; "
+                                 f"{min(got, size)} bytes, but its manifest says {size}; the upstream is broken or "
+                                 "hostile")
+        if sha != digest:
+            raise IntegrityError(f"upstream {base}: blob {digest} arrived with sha256 {sha}; "
                                  "the upstream store is corrupt, run cachemgr verify there")
         await io.run(store.adopt_blob, target, digest, what=f"adopt blob {digest}")
     finally:
@@ -199,10 +175,14 @@ async def fetch_from_upstream(
     store_io = io or StoreIO(settings.stuck_io_after)
     missing = await store_io.run(_missing, store, list(sizes), what=f"look for the blobs of {handle.asked}")
     sem = asyncio.Semaphore(4)
+    tls = None
+    if missing and base.startswith("https://"):  # the CA files are read in a thread, not on the loop
+        tls = await asyncio.to_thread(ssl.create_default_context,
+                                      cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
 
     async def one(d: str) -> None:
         async with sem:
-            await _fetch_blob_checked(session, store, up, d, sizes[d], store_io)
+            await _fetch_blob_checked(store, up, d, sizes[d], store_io, tls)
 
     await asyncio.gather(*(one(d) for d in missing))
     return await store_io.run(_publish, store, handle, manifest, len(missing), sum(sizes[d] for d in missing),
