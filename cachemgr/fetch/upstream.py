@@ -184,7 +184,8 @@ async def fetch_from_upstream(
         async with sem:
             await _fetch_blob_checked(store, up, d, sizes[d], store_io, tls)
 
-    await asyncio.gather(*(one(d) for d in missing))
+    # The biggest first: it is the fill's critical path, the small ones fit in beside it.
+    await asyncio.gather(*(one(d) for d in sorted(missing, key=lambda d: -sizes[d])))
     return await store_io.run(_publish, store, handle, manifest, len(missing), sum(sizes[d] for d in missing),
                               base, upstream_ref, what=f"publish {handle.asked} from upstream {base}")
 
