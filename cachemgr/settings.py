@@ -125,6 +125,9 @@ class Settings:
     node_id: str = _setting("", parse_node_id, "CACHEMGR_NODE_ID")
     lease_timeout: float = _setting(60.0, parse_duration, "CACHEMGR_LEASE_TIMEOUT")
     node_timeout: float = _setting(7 * 24 * 3600.0, parse_duration, "CACHEMGR_NODE_TIMEOUT")
+    # How long a node's filesystem client may show stale names and attributes (GlusterFS FUSE:
+    # its entry/attribute timeout; NFS: actimeo). None: guessed from the filesystem (store/fskind.py).
+    fs_cache_timeout: float | None = _setting(None, parse_duration, "CACHEMGR_FS_CACHE_TIMEOUT")
     # A store call (in the daemon's I/O threads) running longer than this is reported as stuck.
     stuck_io_after: float = _setting(30.0, parse_duration, "CACHEMGR_STUCK_IO_AFTER")
     # Daemon front door: the time a client has to send its request head and body, and the cap

@@ -109,8 +109,25 @@ def test_min_free_evicts_until_enough_would_be_free() -> None:
     assert plan_prune(snap, PrunePolicy(min_free=400), NOW).evict == ()
 
 
+def test_content_touched_since_a_running_import_began_is_kept_with_its_model() -> None:
+    """An import re-publishing a model touches its snapshot and manifest before it writes the ref
+    again: a prune scanning in between must keep the model, however old its ref (the GlusterFS
+    kill loop's lost blobs), and execution must skip whatever was touched since the run began."""
+    began = NOW - 30
+    snap = snapshot([model(H.format(0), "d0"), model(H.format(1), "d1")], {"d0": [(1, 10)], "d1": [(2, 20)]},
+                    temps=(TempRecord("inflight.h.2.b", began, "live"),))
+    snap = StoreScan(**{**snap.__dict__, "snapshots": {"d0": NOW - 10, "d1": OLD}})
+    plan = plan_prune(snap, PrunePolicy(max_size=0, grace=0), NOW)
+    assert [e.handle for e in plan.evict] == [H.format(1)]
+    assert [p.handle for p in plan.protected] == [H.format(0)]
+    assert plan.horizon == began  # execution keeps what was linked or touched since the import began
+    quiet = StoreScan(**{**snap.__dict__, "temps": ()})
+    plan = plan_prune(quiet, PrunePolicy(max_size=0, grace=0), NOW)
+    assert sorted(e.handle for e in plan.evict) == [H.format(0), H.format(1)] and plan.horizon == NOW
+
+
 def test_leftovers_wait_for_the_grace_period() -> None:
-    temps = (TempRecord("ingest.h.1.a", OLD, "dead"), TempRecord("ingest.h.2.b", OLD, "live"),
+    temps = (TempRecord("ingest.h.1.a", OLD, "dead"), TempRecord("ingest.h.2.b", OLD + 60, "live"),
              TempRecord("ingest.other.3.c", NOW - 2 * 3600, "foreign"), TempRecord("x.h.4.d", NOW - 60, "dead"))
     orphan, fresh = sha(0xA), sha(0xB)
     snap = snapshot([model(H.format(0), "d0")], {"d0": [(1, 10)], orphan: [(2, 20)], fresh: [(3, 30)]},

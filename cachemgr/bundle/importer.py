@@ -222,18 +222,19 @@ def _run(store: Store, inflater: _Inflater, source: PayloadReader, segments: lis
     if plan.missing:
         raise MissingBaseError(missing_report(bundle, plan.missing, where))
     store.create()
-    staging = store.new_temp("import")
-    try:
-        added = _receive(store, tar, member, bundle, plan, staging, where, bar)
-    finally:
-        remove_quietly(staging)
-    _check_end(source, segments, whole, where)
-    absent = [b.sha256 for b in bundle.blobs if not store.has_blob(b.sha256)]
-    if absent:
-        raise StoreError(f"blob {absent[0]} vanished from {store.blobs} during the import "
-                         "(a concurrent prune?); import again")
-    if not plan.noop:
-        _publish(store, bundle, plan)
+    with store.in_flight():  # until the refs are written: a prune keeps what this import touches
+        staging = store.new_temp("import")
+        try:
+            added = _receive(store, tar, member, bundle, plan, staging, where, bar)
+        finally:
+            remove_quietly(staging)
+        _check_end(source, segments, whole, where)
+        absent = [b.sha256 for b in bundle.blobs if not store.has_blob(b.sha256)]
+        if absent:
+            raise StoreError(f"blob {absent[0]} vanished from {store.blobs} during the import "
+                             "(a concurrent prune?); import again")
+        if not plan.noop:
+            _publish(store, bundle, plan)
     pins_added = _import_pins(store, bundle)
     return ImportResult(
         where=where, noop=plan.noop, added=plan.by_status("added"), updated=plan.by_status("updated"),

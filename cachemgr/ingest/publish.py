@@ -69,18 +69,24 @@ def record_model(
 def relink(store: Store, ref: Ref, extra: Handle | None = None) -> Ref:
     """Make sure the view answers every alias of ``ref`` (plus ``extra``'s forms).
 
-    The snapshot is checked (and rebuilt from blobs if missing) before anything is written,
-    so a model pruned meanwhile raises StoreError instead of getting its ref back.
+    The snapshot is marked in use (its mtime: a running prune then keeps it and its blobs), or
+    rebuilt from blobs if missing, before anything is written, so a model pruned meanwhile
+    raises StoreError instead of getting its ref back.
     """
-    if not store.snapshot_path(ref.manifest).is_dir():
+    snapshot = store.snapshot_path(ref.manifest)
+    try:
+        os.utime(snapshot)
+    except FileNotFoundError:
         try:
             store.materialize(store.read_manifest(ref.manifest))
         except FileNotFoundError:
             raise StoreError(f"{ref.handle}: a blob is missing, the snapshot cannot be rebuilt; "
                              "run `cachemgr verify --repair`") from None
+    except OSError:
+        pass  # another user's snapshot: it exists, which is what matters
     if extra is not None and any(a not in ref.aliases for a in extra.aliases()):
         ref = with_aliases(ref, extra.aliases())
-        with publishing(store, [ref]):
+        with publishing(store, [ref], [store.read_manifest(ref.manifest)]):
             link_aliases(store, ref.aliases, ref.manifest)  # before the ref names them (see record_model)
             RefIndex(store).write(ref)
     link_aliases(store, ref.aliases, ref.manifest)
@@ -104,8 +110,21 @@ def publishing(store: Store, refs: Iterable[Ref], manifests: Iterable[Manifest] 
         yield
         for manifest in manifests:
             make_whole(store, manifest)
+    except BaseException:
+        settle(store, refs)  # failed half-way (a full disk, a racing prune): what the next run would do
+        raise
     finally:
         remove_quietly(note)
+
+
+def settle(store: Store, refs: Iterable[Ref]) -> None:
+    """Set the view links of ``refs``' handles to what their refs on disk say (``_finish``)."""
+    index = RefIndex(store)
+    for ref in refs:
+        try:
+            _finish(store, index, ref.handle, list(ref.aliases))
+        except (CachemgrError, OSError):
+            pass  # verify reports what is left; the note stays for the next run only if we died
 
 
 def make_whole(store: Store, manifest: Manifest) -> int:

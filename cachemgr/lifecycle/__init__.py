@@ -3,6 +3,7 @@
 scan.py         one pass over the store: what it holds, pins and uses (input to planning)
 prune_plan.py   pure planning: a policy and a scan give a frozen prune plan
 prune_exec.py   carrying out a plan, safe against concurrent pulls and readers
+prune_settle.py prune's second look at its trash, once other nodes' filesystem caches caught up
 prune_undo.py   rolling back a dead prune's trash before it is collected
 recover.py      undoing what dead runs left half-done (the CLI before each command, the daemon at start)
 remove_plan.py  ``rm``: pure planning of removing named models (a prune plan of exactly them)

@@ -2,10 +2,12 @@
 
 Order: each evicted model's view links, aliases, ref and last-use records; then snapshots;
 then manifests and unreferenced blobs; then leftover temps. Nothing is deleted in place:
-items are renamed into a private trash directory under ``tmp/`` first. Before the trash is
-emptied the refs are read again, and anything a ref written meanwhile needs is renamed back
-(a pull that raced with us). An item that changed after the scan (newer mtime/ctime, or a
-blob with another hard link, e.g. in an in-flight pull's staging tree) is skipped.
+items are renamed into a private trash directory under ``tmp/`` first. An item that changed
+after the horizon (the scan, or the start of a pull or import still running then: newer
+mtime/ctime), or a blob with another hard link (a kept snapshot, an in-flight pull's staging
+tree), is skipped. Once other nodes' filesystem caches have caught up with the renames, the
+trash gets a second look (``prune_settle``), then the refs are read again and anything a ref
+written meanwhile needs is renamed back (a pull that raced with us); then the trash is emptied.
 
 Deletion is ``unlink``: a process that has files of a pruned model open keeps reading them.
 Freed bytes are counted when the last link of a file goes.
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +28,13 @@ from cachemgr.cluster.exclusive import exclusive
 from cachemgr.cluster.nodes import announce
 from cachemgr.errors import StoreBusyError
 from cachemgr.lifecycle.prune_plan import Eviction, PrunePlan, PrunePolicy, plan_prune
+from cachemgr.lifecycle.prune_settle import Back, Moved, second_look, settle_time, wait_for_caches
 from cachemgr.lifecycle.prune_undo import is_trash, roll_back
 from cachemgr.lifecycle.scan import scan, scan_models
 from cachemgr.progress import Bar
 from cachemgr.settings import Settings
 from cachemgr.store.fs import remove_quietly
+from cachemgr.store.names import move_aside, put_back
 from cachemgr.store.objects import Store
 from cachemgr.store.pins import read_pins
 from cachemgr.store.refs import key_of
@@ -84,7 +89,8 @@ def _empty(tree: Path, result: PruneResult) -> None:
     remove_quietly(tree)
 
 
-def _drop_model(store: Store, ev: Eviction, taken_at: float, trash: Path, result: PruneResult) -> bool:
+def _drop_model(store: Store, ev: Eviction, taken_at: float, trash: Path, result: PruneResult,
+                moved: Moved) -> bool:
     """Remove an evicted model's ref, then its view links and aliases.
 
     The ref is first renamed into the trash, then checked: one touched after the scan (a pull
@@ -92,16 +98,15 @@ def _drop_model(store: Store, ev: Eviction, taken_at: float, trash: Path, result
     """
     ref_path = store.refs / f"{key_of(ev.handle)}.json"
     held = trash / "refs" / ref_path.name
-    try:
-        os.rename(ref_path, held)
-    except FileNotFoundError:
+    if not move_aside(ref_path, held):
         return True  # already gone (another prune)
     try:
         with open(held, "rb") as fh:
-            changed = os.fstat(fh.fileno()).st_mtime >= taken_at
+            mtime = os.fstat(fh.fileno()).st_mtime
+            changed = mtime >= taken_at
             doc = json.loads(fh.read())
     except (OSError, ValueError):
-        changed, doc = True, {}
+        mtime, changed, doc = 0.0, True, {}
     if changed or doc.get("manifest") != ev.manifest:
         try:
             os.link(held, ref_path)  # put it back, unless a newer ref was written meanwhile
@@ -109,6 +114,7 @@ def _drop_model(store: Store, ev: Eviction, taken_at: float, trash: Path, result
             pass
         result.skipped.append(f"{ev.handle}: used or re-pulled after the scan")
         return False
+    moved.refs[held.name] = mtime
     target = store.view_target(ev.manifest)
     aliases = tuple(doc.get("aliases", ())) + ev.aliases
     for alias in dict.fromkeys(aliases):
@@ -162,20 +168,29 @@ def _drop_uses(store: Store, aliases: set[str]) -> None:
                 pass
 
 
-def _trash(src: Path, dest: Path, taken_at: float, blob: bool = False) -> bool:
-    """Rename ``src`` into the trash unless it changed after the scan (or, for a blob, has
-    another hard link: a kept snapshot or an in-flight pull's staging tree)."""
+def _trash(src: Path, dest: Path, taken_at: float, own_links: Counter[int] | None = None) -> bool:
+    """Rename ``src`` into the trash unless it changed after the scan (or, for a blob, has a
+    hard link besides those of snapshots in this trash, ``own_links`` by inode: a kept
+    snapshot or an in-flight pull's staging tree)."""
     try:
         st = os.lstat(src)
     except FileNotFoundError:
         return False
-    if st.st_mtime >= taken_at or (blob and st.st_nlink > 1):
+    if st.st_mtime >= taken_at or (own_links is not None and st.st_nlink > 1 + own_links[st.st_ino]):
         return False
-    try:
-        os.rename(src, dest)
-    except FileNotFoundError:
-        return False
-    return True
+    return move_aside(src, dest)
+
+
+def _links_in(tree: Path) -> Counter[int]:
+    """Hard links to each inode from the files under ``tree`` (snapshots moved to the trash)."""
+    links: Counter[int] = Counter()
+    for root, _dirs, files in os.walk(tree):
+        for name in files:
+            try:
+                links[os.lstat(os.path.join(root, name)).st_ino] += 1
+            except FileNotFoundError:
+                continue
+    return links
 
 
 def _ctime(store: Store, sha: str) -> float:
@@ -192,8 +207,7 @@ def _restore_needed(store: Store, trash: Path, plan: PrunePlan, result: PruneRes
     revived = needed - plan.kept_manifests
     for digest in sorted(revived):
         held = trash / "manifests" / f"{digest}.json"
-        if held.exists() and not store.manifest_path(digest).exists():
-            os.rename(held, store.manifest_path(digest))
+        if held.exists() and put_back(held, store.manifest_path(digest), store.tmp):
             result.restored += 1
             result.manifests -= 1
         try:
@@ -202,13 +216,22 @@ def _restore_needed(store: Store, trash: Path, plan: PrunePlan, result: PruneRes
             continue
         for sha in manifest.blob_digests():
             held = trash / "blobs" / sha
-            if held.exists() and not store.has_blob(sha):
-                store.blob_path(sha).parent.mkdir(exist_ok=True)
-                os.rename(held, store.blob_path(sha))
+            if held.exists() and put_back(held, store.blob_path(sha), store.tmp):
                 result.restored += 1
                 result.blobs -= 1
         if not store.snapshot_path(digest).is_dir() and all(store.has_blob(s) for s in manifest.blob_digests()):
             store.materialize(manifest)
+
+
+def _count_back(result: PruneResult, back: Back) -> None:
+    for handle in back.handles:
+        if handle in result.evicted:
+            result.evicted.remove(handle)
+        result.skipped.append(f"{handle}: used or re-pulled while it was being pruned")
+    result.snapshots -= len(back.snapshots)
+    result.manifests -= back.manifests
+    result.blobs -= back.blobs
+    result.restored += len(back.handles) + len(back.snapshots) + back.manifests + back.blobs
 
 
 def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> PruneResult:
@@ -218,7 +241,7 @@ def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> Prun
     blobs and temps, whether each was removed or skipped.
     """
     result = PruneResult()
-    taken_at = plan.taken_at
+    taken_at = plan.horizon  # what a pull running since before the scan touched is its work too
     if plan.is_empty():
         return result
     started = time.monotonic()
@@ -231,11 +254,12 @@ def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> Prun
         if bar is not None:
             bar.update_to(done, total)
     trash = store.new_temp("prune")
+    moved = Moved()
     try:
         (trash / "refs").mkdir()
         dropped: set[str] = set()
         for ev in plan.evict:
-            if _drop_model(store, ev, taken_at, trash, result):
+            if _drop_model(store, ev, taken_at, trash, result, moved):
                 result.evicted.append(ev.handle)
                 dropped.update(ev.aliases)
             tick()
@@ -256,22 +280,31 @@ def execute_prune(store: Store, plan: PrunePlan, bar: Bar | None = None) -> Prun
         blobs = [sha for sha in plan.blobs if sha not in revived_blobs and _ctime(store, sha) < taken_at]
         gone: set[str] = set()
         for digest in plan.snapshots:
-            if digest not in live and _trash(store.snapshot_path(digest), trash / "snapshots" / digest, taken_at):
+            dest = trash / "snapshots" / digest
+            if digest not in live and _trash(store.snapshot_path(digest), dest, taken_at):
+                moved.note(moved.snapshots, digest, dest)
                 result.snapshots += 1
                 gone.add(digest)
             tick()
-        _empty(trash / "snapshots", result)  # snapshots are rebuilt from blobs if a racer needs one
+        own_links = _links_in(trash / "snapshots")  # emptied only after the second look
         for digest in plan.manifests:
-            if digest not in live and _trash(store.manifest_path(digest), trash / "manifests" / f"{digest}.json",
-                                             taken_at):
+            dest = trash / "manifests" / f"{digest}.json"
+            if digest not in live and _trash(store.manifest_path(digest), dest, taken_at):
+                moved.note(moved.manifests, digest, dest)
                 result.manifests += 1
             tick()
         for _kept in range(len(plan.blobs) - len(blobs)):  # revived or in flight: kept, but counted
             tick()
         for sha in blobs:
-            if _trash(store.blob_path(sha), trash / "blobs" / sha, taken_at, blob=True):
+            if _trash(store.blob_path(sha), trash / "blobs" / sha, taken_at, own_links):
+                moved.blobs.append(sha)
                 result.blobs += 1
             tick()
+        if moved.any():
+            wait_for_caches(settle_time(plan.policy, store.home))  # every node's view of our renames is fresh
+        back = second_look(store, trash, moved, taken_at, lambda tree: _empty(tree, result))
+        _count_back(result, back)
+        gone -= back.snapshots
         _restore_needed(store, trash, plan, result)
         _drop_dangling_links(store, gone)
         for name in plan.temps:
@@ -322,7 +355,7 @@ def run_prune(settings: Settings, store: Store, policy: PrunePolicy, *, dry_run:
     prunes a shared store at a time (StoreBusyError otherwise). A dry run takes no lease."""
     if dry_run:
         return plan_prune(scan(store), policy, time.time() if now is None else now), None
-    announce(settings, "cli")
+    announce(settings, "cli", fault=store.fault)
     with exclusive(settings, "prune", "prune"):
         plan = plan_prune(scan(store), policy, time.time() if now is None else now)
         return plan, (PruneResult() if plan.is_empty() else execute_prune(store, plan, bar))

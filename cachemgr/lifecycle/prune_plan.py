@@ -39,6 +39,9 @@ class PrunePolicy:
     # back; a lease not renewed for lease_timeout is stale and protects nothing.
     node_timeout: float = 7 * 24 * 3600.0
     lease_timeout: float = 60.0
+    # How long other nodes may see stale metadata (fs_cache_timeout); None: guessed from the
+    # store's filesystem when the plan is carried out (store/fskind.py).
+    fs_cache_timeout: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"max_size": self.max_size, "unused_for": self.unused_for, "keep_versions": self.keep_versions,
@@ -55,7 +58,8 @@ class PrunePolicy:
         return PrunePolicy(pick(max_size, settings.prune_max_size), pick(unused_for, settings.prune_unused_for),
                            pick(keep_versions, settings.prune_keep_versions), pick(min_free, settings.prune_min_free),
                            pick(grace, settings.prune_grace), settings.temp_grace,
-                           node_timeout=settings.node_timeout, lease_timeout=settings.lease_timeout)
+                           node_timeout=settings.node_timeout, lease_timeout=settings.lease_timeout,
+                           fs_cache_timeout=settings.fs_cache_timeout)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,12 @@ class PrunePlan:
     size_after: int
     unmet: tuple[str, ...] = ()
     kept_manifests: frozenset[str] = field(default=frozenset(), repr=False)
+    in_flight_since: float = float("inf")  # the earliest running pull/import/fetch began then
+
+    @property
+    def horizon(self) -> float:
+        """Anything written, linked or touched at or after this is in flight: execution skips it."""
+        return min(self.taken_at, self.in_flight_since)
 
     @property
     def bytes_to_free(self) -> int:
@@ -201,6 +211,17 @@ def live_fetches(scan: StoreScan, policy: PrunePolicy, now: float) -> dict[str, 
     return out
 
 
+def in_flight_start(scan: StoreScan, policy: PrunePolicy, now: float) -> float:
+    """When the earliest pull, import or fetch still running began (inf: none runs).
+
+    A running pull/import keeps a temp in tmp/ (``Store.in_flight``'s mark is made before it
+    touches anything), a daemon's fetch a live lease: what was written or linked since then
+    may be its work, whatever the grace period says."""
+    running = [t.mtime for t in scan.temps if t.owner == "live"
+               or (t.owner == "foreign" and now - t.mtime < policy.foreign_temp_grace)]
+    return min([*running, *live_fetches(scan, policy, now).values()], default=float("inf"))
+
+
 def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict[str, str], set[str]]:
     cutoff = now - policy.grace
     by_alias: dict[str, str] = {}
@@ -220,14 +241,14 @@ def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict
             roots.add(pin.digest)
     referenced = {m.manifest for m in scan.models}
     unnamed_cutoff = now - max(policy.grace, policy.in_flight)
-    roots |= {d for d, rec in scan.manifests.items()
-              if rec.mtime > (cutoff if d in referenced else unnamed_cutoff)}
-    roots |= {d for d, mtime in scan.snapshots.items() if mtime > (cutoff if d in referenced else unnamed_cutoff)}
-    # A running pull/import keeps a temp in tmp/: refs written since it started are its work.
-    running = [t.mtime for t in scan.temps if t.owner == "live"
-               or (t.owner == "foreign" and now - t.mtime < policy.foreign_temp_grace)]
     fetching = live_fetches(scan, policy, now)
-    in_flight_since = min([*running, *fetching.values()], default=float("inf"))
+    in_flight_since = in_flight_start(scan, policy, now)
+    # Content touched since a running pull/import began may be its work, even under a ref it
+    # is about to write again (an import re-publishing a model): kept, and so its model.
+    roots |= {d for d, rec in scan.manifests.items()
+              if rec.mtime > (cutoff if d in referenced else unnamed_cutoff) or rec.mtime >= in_flight_since}
+    roots |= {d for d, mtime in scan.snapshots.items()
+              if mtime > (cutoff if d in referenced else unnamed_cutoff) or mtime >= in_flight_since}
     for m in scan.models:
         use = counted_use(m, scan, policy, now)
         if m.ref_mtime >= in_flight_since:
@@ -320,4 +341,5 @@ def plan_prune(scan: StoreScan, policy: PrunePolicy, now: float) -> PrunePlan:
         tuple(dead_snapshots) if safe else (), tuple(dead_manifests) if safe else (),
         tuple(sorted(ledger.dead_blobs)) if safe else (), tuple(sorted(temps)),
         size_before, size_before - ledger.freed if safe else size_before, tuple(unmet), frozenset(live),
+        in_flight_start(scan, policy, now),
     )

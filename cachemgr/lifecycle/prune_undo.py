@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from cachemgr.cluster.lease import is_stale, lease_path, read_lease
 from cachemgr.errors import CachemgrError
 from cachemgr.settings import Settings
 from cachemgr.store.fs import owner_of, pid_alive, remove_quietly
+from cachemgr.store.fskind import stale_for
+from cachemgr.store.names import put_back
 from cachemgr.store.objects import Store
 from cachemgr.store.refs import Ref, RefIndex
 from cachemgr.store.usage import host_tag
@@ -28,14 +31,10 @@ from cachemgr.store.view import link_aliases
 TRASH_KIND = "prune"
 
 
-def _link_back(held: Path, dest: Path) -> bool:
-    """Hard-link ``held`` to ``dest`` unless something is there already; True if it went back."""
-    try:
-        dest.parent.mkdir(exist_ok=True)
-        os.link(held, dest, follow_symlinks=False)
-    except OSError:
-        return False  # a newer file took the place, or it cannot be written (verify reports it)
-    return True
+def _link_back(store: Store, held: Path, dest: Path) -> bool:
+    """Hard-link ``held`` to ``dest`` unless a file is listed there (a newer one, or the same
+    content); True if it went back."""
+    return put_back(held, dest, store.tmp)
 
 
 def roll_back(store: Store, trash: Path) -> list[str]:
@@ -43,29 +42,38 @@ def roll_back(store: Store, trash: Path) -> list[str]:
     restored: list[str] = []
     touched: set[str] = set()
     for name in _names(trash / "manifests"):
-        _link_back(trash / "manifests" / name, store.manifests / name)
+        _link_back(store, trash / "manifests" / name, store.manifests / name)
         touched.add(name.removesuffix(".json"))
     for sha in _names(trash / "blobs"):
-        _link_back(trash / "blobs" / sha, store.blob_path(sha))
+        _link_back(store, trash / "blobs" / sha, store.blob_path(sha))
     touched.update(_names(trash / "snapshots"))
     for name in _names(trash / "refs"):
-        if not _link_back(trash / "refs" / name, store.refs / name):
-            continue
-        try:
-            ref = Ref.from_json(json.loads((store.refs / name).read_bytes()))
-        except (OSError, ValueError, TypeError):
-            continue
-        restored.append(ref.handle)
-        touched.add(ref.manifest)
-        _rebuild(store, ref.manifest)
-        absent = tuple(a for a in ref.aliases if not os.path.lexists(store.view_entry(a)))
-        if absent:
-            link_aliases(store, absent, ref.manifest)
+        ref = put_back_ref(store, trash / "refs" / name)
+        if ref is not None:
+            restored.append(ref.handle)
+            touched.add(ref.manifest)
     named = {ref.manifest for ref in RefIndex(store).all()}
     for digest in sorted(touched & named):
         _rebuild(store, digest)
     remove_quietly(trash)
     return restored
+
+
+def put_back_ref(store: Store, held: Path) -> Ref | None:
+    """Link the ref ``held`` (in a prune's trash) back, unless a newer one took its place; its
+    snapshot is rebuilt if missing, its aliases and absent view links restored. The ref, if it went back."""
+    if not _link_back(store, held, store.refs / held.name):
+        return None
+    try:
+        ref = Ref.from_json(json.loads((store.refs / held.name).read_bytes()))
+    except (OSError, ValueError, TypeError):
+        return None
+    _rebuild(store, ref.manifest)
+    RefIndex(store).write_aliases(ref)  # the prune dropped them with the ref
+    absent = tuple(a for a in ref.aliases if not os.path.lexists(store.view_entry(a)))
+    if absent:
+        link_aliases(store, absent, ref.manifest)
+    return ref
 
 
 def _rebuild(store: Store, digest: str) -> None:
@@ -113,9 +121,16 @@ def dead_trashes(settings: Settings, store: Store) -> list[Path]:
 
 
 def roll_back_dead_prunes(settings: Settings, store: Store) -> list[str]:
-    """Roll back every dead prune's trash (run by each command before it collects temps)."""
+    """Roll back every dead prune's trash (run by each command before it collects temps).
+
+    First, this node's filesystem cache is given time to forget the names the dead prune
+    renamed away: until then GlusterFS's FUSE client fails a link back onto such a name with
+    EEXIST without asking the server, and takes a rename onto it for a no-op (measured)."""
     restored: list[str] = []
-    for trash in dead_trashes(settings, store):
+    trashes = dead_trashes(settings, store)
+    if trashes:
+        time.sleep(stale_for(settings.fs_cache_timeout, store.home))
+    for trash in trashes:
         try:
             restored += roll_back(store, trash)
         except OSError:

@@ -14,5 +14,7 @@ quarantine.py  corrupt content moved aside under ``quarantine/``
 fs.py          unique temps, atomic publish, stale-temp cleanup, disk errors
 aio.py         store calls from an event loop, in threads, and the calls stuck too long
 faults.py      a test hook: crash or fail at the Nth write or rename (fault_at)
+names.py       moving a file aside and back where lookups can lie (a listing is the truth)
+fskind.py      how long the filesystem's clients may show stale metadata (for prune's second look)
 perms.py       the mode policy (a setgid home is shared by its group), permission checks and errors
 """

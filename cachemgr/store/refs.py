@@ -104,6 +104,10 @@ class RefIndex:
     def write(self, ref: Ref) -> None:
         body = json.dumps(ref.to_json(), indent=1, sort_keys=True).encode() + b"\n"
         atomic_write(self.ref_path(ref.handle), body, self.store.tmp, fault=self.store.fault)
+        self.write_aliases(ref)
+
+    def write_aliases(self, ref: Ref) -> None:
+        """Point each of ``ref``'s aliases at its handle in the alias index (where not already)."""
         for alias in ref.aliases:
             path = self.store.aliases / key_of(alias)
             try:
