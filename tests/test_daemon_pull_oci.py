@@ -54,6 +54,8 @@ def test_v1_pull_of_an_oci_reference_ingests_the_artifact(pushed: tuple[LocalReg
     assert "no such artifact" in absent["error"]["message"] and "\n" not in absent["error"]["message"]
     assert bad["status"] == "failed" and "oci://no-tag-here" in bad["error"]["message"], bad
     assert "scheme 'oci' is not supported" not in json.dumps(doc)  # no longer mistaken for a handle
+    status, wrong = d.call("POST", "/v1/resolve", {"handle": ref})  # a reference is pulled, not resolved
+    assert status == 400 and "/v1/pull" in wrong["error"]["message"], wrong
     # the model is stored under its handle, from the registry; a resolve now is a hit
     status, hit = d.call("POST", "/v1/resolve", {"handle": HANDLE})
     assert status == 200 and hit["fetched"] is False and hit["manifest"] == ok["manifest"], hit

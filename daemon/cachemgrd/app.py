@@ -160,6 +160,9 @@ async def resolve(request: web.Request) -> web.Response:
     if not isinstance(handle, str) or not isinstance(offline, bool):
         return plain_error(400, "bad_request", "body must be {\"handle\": \"<model handle>\"}, "
                            "optionally with \"offline\": true")
+    if is_oci(handle):
+        return plain_error(400, "bad_request", f"{handle} is an OCI artifact reference, not a model handle: "
+                           "POST it to /v1/pull (cachemgr pull), then resolve the model's own handle")
     resolved = await request.app[STATE].resolve(handle, offline)
     return web.Response(body=resolved.body, content_type="application/json",
                         headers={"Cache-Control": SHORT_LIVED})
