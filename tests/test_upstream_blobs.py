@@ -12,6 +12,8 @@ import base64
 import hashlib
 import json
 import os
+import socket
+import ssl
 import threading
 import urllib.parse
 import urllib.request
@@ -19,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import trustme
 
 from tests.support import hostile
 from tests.support.cli import Cli
@@ -39,11 +43,12 @@ class Upstream:
         self.digest = hashlib.sha256(self.body).hexdigest()
         self.blobs = blobs
         self.big = max(doc["files"], key=lambda f: f[2])[3]
+        self.blob_count = len({f[3] for f in doc["files"]})
         self.alter = alter
         self.blob_requests: list[dict[str, str]] = []  # the big blob's request headers, in order
 
     @contextmanager
-    def running(self) -> Iterator[str]:
+    def running(self, tls: ssl.SSLContext | None = None) -> Iterator[str]:
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,12 +81,12 @@ class Upstream:
                 self.wfile.write(body)
                 self.close_connection = True
 
-        with _serving(Handler) as base:
+        with _serving(Handler, tls) as base:
             yield base
 
 
 class Proxy:
-    """A forwarding HTTP proxy (absolute-URI GETs) that answers 407 without ``user:secret``."""
+    """A forwarding HTTP proxy (absolute-URI GETs, CONNECT tunnels) that answers 407 without ``user:secret``."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str | None]] = []  # (URL, Proxy-Authorization)
@@ -95,11 +100,29 @@ class Proxy:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def allowed(self) -> bool:
                 auth = self.headers.get("Proxy-Authorization")
-                proxy.seen.append((self.path, auth))
+                proxy.seen.append((f"{self.command} {self.path}", auth))
                 if auth != "Basic " + base64.b64encode(b"user:secret").decode():
                     self.send_error(407)
+                    return False
+                return True
+
+            def do_CONNECT(self) -> None:  # noqa: N802 - http.server's name
+                if not self.allowed():
+                    return
+                host, _, port = self.path.rpartition(":")
+                with socket.create_connection((host, int(port))) as far:
+                    self.send_response(200)
+                    self.end_headers()
+                    pump = threading.Thread(target=_relay, args=(far, self.connection), daemon=True)
+                    pump.start()
+                    _relay(self.connection, far)
+                    pump.join(10)
+                self.close_connection = True
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if not self.allowed():
                     return
                 up = direct.open(urllib.request.Request(self.path, headers={"Accept-Encoding": "identity"}))
                 with up:
@@ -114,13 +137,24 @@ class Proxy:
             yield base
 
 
+def _relay(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(1 << 16):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 @contextmanager
-def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+def _serving(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -186,8 +220,32 @@ def test_blobs_go_through_the_proxy_with_its_credentials(cli: Cli, models: Model
         r = victim("pull", HANDLE, env={"CACHEMGR_UPSTREAMS": base, "CACHEMGR_PROXY": with_auth})
     assert r.code == 0, r.err
     blobs = [(url, auth) for url, auth in proxy.seen if "/v1/blobs/" in url]
-    assert f"{base}/v1/blobs/{upstream.big}" in [url for url, _ in blobs], proxy.seen
+    assert f"GET {base}/v1/blobs/{upstream.big}" in [url for url, _ in blobs], proxy.seen
     assert all(auth is not None for _, auth in blobs), proxy.seen
     assert len(upstream.blob_requests) == 1
+    v = victim("verify")
+    assert v.code == 0, v.out + v.err
+
+
+def test_an_https_upstream_with_the_ca_bundle_through_the_proxy_s_tunnel(cli: Cli, models: Models,
+                                                                         tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    upstream, victim = setup(cli, models, tmp_path, lambda body, n: (body, None))
+    proxy = Proxy()
+    with upstream.running(server_tls) as base, proxy.running() as proxy_url:
+        env = {"CACHEMGR_UPSTREAMS": base, "CACHEMGR_PROXY": proxy_url.replace("http://", "http://user:secret@")}
+        untrusted = victim("pull", HANDLE, env=env)
+        assert untrusted.code != 0 and "certificate" in untrusted.err.lower(), untrusted.err
+        before = len(proxy.seen)
+        r = victim("pull", HANDLE, env={**env, "CACHEMGR_CA_BUNDLE": str(ca_file)})
+    assert r.code == 0, r.err
+    tunnels = [seen for seen in proxy.seen[before:] if seen[0] == f"CONNECT {base.removeprefix('https://')}"]
+    # One tunnel per blob (each its own connection), besides the one of the refs and the manifest.
+    assert len(tunnels) > upstream.blob_count and all(auth is not None for _, auth in tunnels), proxy.seen
+    assert len(upstream.blob_requests) == 1, upstream.blob_requests
     v = victim("verify")
     assert v.code == 0, v.out + v.err
