@@ -85,7 +85,8 @@ def test_a_background_job_hung_on_the_store_is_reported(job: str, cli: Cli, froz
         until("the daemon to log the stuck job", lambda: any(
             "background job stuck" in line and words in line for line in d.output().splitlines()))
         shown = cli("status", env={"CACHEMGR_SOCKET": sock, "CACHEMGR_HOME": str(tmp_path / "elsewhere")})
-        assert shown.code == 0 and "STUCK store call" in shown.out and words in shown.out, shown
+        assert shown.code == 0 and "STUCK store job" in shown.out and "without CPU" in shown.out, shown
+        assert words in shown.out, shown
         frozen_fs.thaw()
         until("health to be ok again", lambda: call(sock, "GET", "/v1/health", timeout=30)[1]["status"] == "ok")
         if job == "adopt":  # the thawed job does its work

@@ -76,6 +76,10 @@ def status(c: Ctx, as_json: bool) -> None:
     click.echo(f"models {doc['store_entries']}, {format_size(doc['store_bytes'])}; hits {doc['hits']}, "
                f"misses {doc['misses']}, in flight {len(doc['inflight'])}, offline {doc['offline']}")
     for call_doc in doc.get("stuck_io") or []:  # store calls past stuck_io_after: the store's filesystem hangs
+        if call_doc.get("job"):  # a background job: stuck is the time it has had no CPU
+            click.echo(f"STUCK store job {call_doc.get('idle', 0):.0f}s without CPU (running "
+                       f"{call_doc['seconds']:.0f}s): {call_doc['what']} (thread {call_doc['thread']})")
+            continue
         click.echo(f"STUCK store call {call_doc['seconds']:.0f}s: {call_doc['what']} (thread {call_doc['thread']})")
     if doc.get("queued_io"):
         click.echo(f"{doc['queued_io']} store calls waiting for a thread")
