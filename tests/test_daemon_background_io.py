@@ -26,7 +26,7 @@ from cachemgr.client.daemon_client import call
 from cachemgr.store.aio import StoreIO, cpu_time
 from tests.support.cli import Cli
 from tests.support.daemons import Daemon
-from tests.support.frozen import FrozenFs, frozen_filesystem, until
+from tests.support.frozen import FrozenFs, frozen_filesystem, until, until_async
 
 CACHED = "https://tfhub.dev/google/mymul/1"
 ADOPTED = "https://tfhub.dev/google/adopted/1"  # what plain hub "downloaded" into the view
@@ -114,7 +114,7 @@ def test_a_job_is_stuck_when_it_gets_no_cpu_time_not_when_it_runs_long() -> None
 
         blocked = asyncio.ensure_future(io.job(release.wait, what="prune (blocked)"))
         busy = asyncio.ensure_future(io.job(spin, what="scrub slice (busy)"))
-        stuck = await _until_async(lambda: io.stuck())
+        stuck = await until_async(lambda: io.stuck())
         assert [c["what"] for c in stuck] == ["prune (blocked)"] and stuck[0]["job"], stuck
         for _ in range(5):  # a few more samples: the busy one is never among them
             await asyncio.sleep(0.3)
@@ -127,11 +127,3 @@ def test_a_job_is_stuck_when_it_gets_no_cpu_time_not_when_it_runs_long() -> None
 
     asyncio.run(main())
 
-
-async def _until_async(check: Any) -> Any:
-    for _ in range(1200):
-        got = check()
-        if got:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError("gave up waiting")

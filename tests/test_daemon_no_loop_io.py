@@ -27,7 +27,7 @@ from cachemgr.store.aio import StoreIO
 from tests.support.cli import Cli
 from tests.support.daemons import Daemon, free_port, http
 from tests.support.env import REPO
-from tests.support.frozen import FrozenFs, frozen_filesystem, until
+from tests.support.frozen import FrozenFs, frozen_filesystem, until, until_async
 
 CACHED = "https://tfhub.dev/google/mymul/1"
 MISS = "https://tfhub.dev/google/text-embed/1"
@@ -117,13 +117,13 @@ def test_store_io_reports_a_stuck_call_and_serves_others_meanwhile() -> None:
         io = StoreIO(stuck_after=0.1, threads=3)
         hung = threading.Event()
         blocked = [asyncio.ensure_future(io.run(hung.wait, what=f"rename {i}")) for i in range(2)]
-        stuck = await _until_async(lambda: len(io.stuck()) == 2 and io.stuck())
+        stuck = await until_async(lambda: len(io.stuck()) == 2 and io.stuck())
         assert [c["what"] for c in stuck] == ["rename 0", "rename 1"] and all(c["seconds"] >= 0.1 for c in stuck)
         assert all(c["thread"].startswith("storeio-") for c in stuck)
         assert await io.run(sum, [1, 2], what="quick") == 3  # a free thread: it never waits behind the stuck two
         third = asyncio.ensure_future(io.run(hung.wait, what="rename 2"))
         queued = asyncio.ensure_future(io.run(sum, [4], what="queued"))  # all three threads hang now
-        assert await _until_async(lambda: io.queued == 1) and not queued.done()
+        assert await until_async(lambda: io.queued == 1) and not queued.done()
         hung.set()
         assert await queued == 4 and await asyncio.gather(*blocked, third) == [True, True, True]
         assert io.stuck() == [] and io.queued == 0
@@ -138,14 +138,6 @@ def test_store_io_reports_a_stuck_call_and_serves_others_meanwhile() -> None:
 
     asyncio.run(main())
 
-
-async def _until_async(check: Any) -> Any:
-    for _ in range(1200):
-        got = check()
-        if got:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError("gave up waiting")
 
 
 # -- the source: no coroutine calls the filesystem itself ------------------------------------------

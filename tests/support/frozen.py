@@ -9,6 +9,7 @@ seconds whatever the test is doing); ``frozen_filesystem(root)`` makes one and a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import subprocess
@@ -79,3 +80,13 @@ def until(what: str, check: Any, timeout: float = 120.0) -> Any:
             return got
         time.sleep(0.1)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+async def until_async(check: Any) -> Any:
+    """``until`` for a test's own event loop: polls without blocking it."""
+    for _ in range(1200):
+        got = check()
+        if got:
+            return got
+        await asyncio.sleep(0.05)
+    raise AssertionError("gave up waiting")
