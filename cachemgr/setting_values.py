@@ -183,6 +183,15 @@ def parse_hosts(value: Any, source: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def masked(url: str) -> str:
+    """``url`` with any password in it replaced by ``***`` (for log lines and messages)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def proxy_for(host: str, proxy: str | None, no_proxy: tuple[str, ...]) -> str | None:
     """``proxy``, or None when ``host`` (a name, ``HOST:PORT`` or a URL) is one ``no_proxy`` names:
     curl's rules, "*", a host, or a domain suffix (leading dot optional); ports are not compared."""

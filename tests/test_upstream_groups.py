@@ -45,6 +45,12 @@ def test_a_group_s_proxy_wins_over_the_default() -> None:
     assert "through http://squid:3128" in plan[0].describe() and "group 1" in plan[0].describe()
 
 
+def test_a_proxy_password_never_reaches_a_log_line() -> None:
+    secret = Attempt(A, "http://site:s3cret@squid:3128", 0).describe()
+    assert "s3cret" not in secret and "through http://site:***@squid:3128" in secret, secret
+    assert Attempt("http://u:pw@a:8470", None, 1).describe() == "http://u:***@a:8470 (group 2)"
+
+
 def test_no_proxy_hosts_bypass_the_default_proxy_but_not_a_groups_own() -> None:
     settings = load_settings({"CACHEMGR_UPSTREAMS": f"{A};{B};http://x.site.internal:8470", "HOME": "/nonexistent",
                               "HTTP_PROXY": "http://default:3128", "NO_PROXY": "b,.site.internal"})

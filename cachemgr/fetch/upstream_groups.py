@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from cachemgr.setting_values import UpstreamGroup, proxy_for
+from cachemgr.setting_values import UpstreamGroup, masked, proxy_for
 
 FIRST_BACKOFF = 10.0
 MAX_BACKOFF = 300.0
@@ -34,7 +34,8 @@ class Attempt:
     group: int
 
     def describe(self) -> str:
-        return f"{self.url} (group {self.group + 1}{f', through {self.proxy}' if self.proxy else ''})"
+        through = f", through {masked(self.proxy)}" if self.proxy else ""  # never a proxy's password
+        return f"{masked(self.url)} (group {self.group + 1}{through})"
 
 
 @dataclass

@@ -34,7 +34,7 @@ import aiohttp
 from cachemgr import __version__
 from cachemgr.errors import IntegrityError, RegistryAuthError, RegistryError
 from cachemgr.oci.auth import Auth
-from cachemgr.setting_values import proxy_for
+from cachemgr.setting_values import masked, proxy_for
 from cachemgr.settings import Settings
 
 log = logging.getLogger("cachemgr.oci.client")
@@ -130,7 +130,7 @@ class RegistryClient:
                                                   allow_redirects=method in ("GET", "HEAD"), proxy=self.proxy)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if not retry or attempt >= self.settings.retries:
-                    via = f" through proxy {self.proxy}" if self.proxy else ""
+                    via = f" through proxy {masked(self.proxy)}" if self.proxy else ""
                     raise RegistryError(f"registry {self.host}: {what}{via} failed ({exc or type(exc).__name__}); "
                                         f"check that {'the registry and the proxy are' if via else 'the registry is'} "
                                         "up and reachable", url=url) from None
