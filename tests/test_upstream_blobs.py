@@ -46,6 +46,7 @@ class Upstream:
         self.blob_count = len({f[3] for f in doc["files"]})
         self.alter = alter
         self.blob_requests: list[dict[str, str]] = []  # the big blob's request headers, in order
+        self.refs_asked = 0
 
     @contextmanager
     def running(self, tls: ssl.SSLContext | None = None) -> Iterator[str]:
@@ -61,6 +62,7 @@ class Upstream:
                 path = urllib.parse.urlsplit(self.path).path
                 length: int | None = None
                 if path == "/v1/refs":
+                    upstream.refs_asked += 1
                     body = json.dumps({"manifest": upstream.digest, "aliases": [HANDLE], "url": ""}).encode()
                 elif path == f"/v1/manifests/{upstream.digest}":
                     body = upstream.body
@@ -249,3 +251,24 @@ def test_an_https_upstream_with_the_ca_bundle_through_the_proxy_s_tunnel(cli: Cl
     assert len(upstream.blob_requests) == 1, upstream.blob_requests
     v = victim("verify")
     assert v.code == 0, v.out + v.err
+
+
+def test_an_upstream_no_proxy_names_is_reached_direct_whatever_http_proxy_says(cli: Cli, models: Models,
+                                                                              tmp_path: Path) -> None:
+    """CACHEMGR_NO_PROXY sends the upstream direct: refs, manifest and blobs alike, though the
+    environment's HTTP_PROXY (a port nobody listens on) would refuse every request."""
+    upstream, victim = setup(cli, models, tmp_path, lambda body, n: (body, None))
+    dead = f"http://127.0.0.1:{_dead_port()}"
+    with upstream.running() as base:
+        r = victim("pull", HANDLE, env={"CACHEMGR_UPSTREAMS": base, "HTTP_PROXY": dead, "http_proxy": dead,
+                                        "CACHEMGR_NO_PROXY": "127.0.0.1", "NO_PROXY": "", "no_proxy": ""})
+    assert r.code == 0, r.err
+    assert len(upstream.blob_requests) == 1 and upstream.refs_asked >= 1
+    v = victim("verify")
+    assert v.code == 0, v.out + v.err
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:  # bound and closed: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

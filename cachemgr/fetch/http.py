@@ -81,7 +81,10 @@ def md5_of(x_goog_hash: str | None) -> str | None:
     return None
 
 
-def make_session(settings: Settings) -> aiohttp.ClientSession:
+def make_session(settings: Settings, *, trust_env: bool = True) -> aiohttp.ClientSession:
+    """The session for the origin (``trust_env``: HTTP(S)_PROXY and NO_PROXY from the environment),
+    or, with ``trust_env=False``, one whose every request names its own route (upstreams: each
+    attempt carries the proxy its group and ``no_proxy`` chose, or none for direct)."""
     ctx = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
@@ -89,7 +92,7 @@ def make_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ctx, limit=32),
         timeout=timeout,
-        trust_env=True,
+        trust_env=trust_env,
         auto_decompress=False,
         max_line_size=_MAX_LINE,
         max_field_size=_MAX_LINE,

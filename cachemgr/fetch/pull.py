@@ -81,12 +81,27 @@ class Puller:
         self.bars = bars or Bars(False)
         self.coordinator = Coordinator(settings, store, self.io)
         self.failover = Failover()  # this process's dead upstreams, remembered from fetch to fetch
+        self._upstream_session: Any = None  # made at the first upstream fetch (see _upstream)
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="ingest"
         )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+    def _upstream(self) -> Any:
+        """The session for upstream requests: it never takes a proxy from the environment, so an
+        attempt that ``no_proxy`` sends direct goes direct (the origin's session would use
+        HTTP_PROXY there)."""
+        if self._upstream_session is None:
+            self._upstream_session = make_session(self.settings, trust_env=False)
+        return self._upstream_session
+
+    async def aclose(self) -> None:
+        """Close the upstream session, if one was made (on the loop that used it)."""
+        if self._upstream_session is not None:
+            await self._upstream_session.close()
+            self._upstream_session = None
 
     async def pull_many(self, texts: list[str], refresh: bool = False) -> list[PullResult]:
         sem = asyncio.Semaphore(self.settings.concurrency)
@@ -103,6 +118,7 @@ class Puller:
         finally:
             if session is not None:
                 await session.close()
+            await self.aclose()
 
     async def pull_one(self, text: str, session: Any, refresh: bool = False) -> PullResult:
         if is_oci(text):  # an artifact reference: oci://HOST[:PORT]/REPO:TAG
@@ -148,7 +164,7 @@ class Puller:
 
     async def _fetch(self, handle: Handle, session: Any, claim: Claim) -> PullResult:
         if self.settings.upstreams:
-            ref = await fetch_from_upstreams(self.settings, self.store, session, handle, self.failover,
+            ref = await fetch_from_upstreams(self.settings, self.store, self._upstream(), handle, self.failover,
                                              io=self.io)
             if ref is not None:
                 return PullResult(handle.asked, "pulled", ref)

@@ -154,6 +154,7 @@ class DaemonState:
             await asyncio.wait(tasks, timeout=CLOSE_WAIT)
         if self.session is not None:
             await self.session.close()
+        await self.puller.aclose()
         self.io.submit(self.puller.close, what="stop the ingest threads")  # joins them: not on the loop
         self.io.close()
 
