@@ -32,7 +32,8 @@ def listed(path: Path) -> bool:
 def move_aside(src: Path, dest: Path) -> bool:
     """Move ``src`` to ``dest`` (a new name in a trash); False if ``src`` is gone.
 
-    A directory is renamed; a file is linked, then unlinked (see the module docstring)."""
+    A directory is renamed; a file is linked, then unlinked (see the module docstring), or
+    renamed where the kernel refuses a link to another user's file (``protected_hardlinks``)."""
     try:
         if src.is_dir() and not src.is_symlink():
             os.rename(src, dest)
@@ -40,6 +41,12 @@ def move_aside(src: Path, dest: Path) -> bool:
         os.link(src, dest, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    except PermissionError:  # another user's file (fs.protected_hardlinks): rename, as before
+        try:
+            os.rename(src, dest)
+        except FileNotFoundError:
+            return False
+        return True
     try:
         os.unlink(src)
     except FileNotFoundError:
@@ -64,6 +71,12 @@ def put_back(held: Path, dest: Path, tmp: Path) -> bool:
     except FileExistsError:
         if listed(dest):
             return False  # made meanwhile
+    except PermissionError:  # another user's file (fs.protected_hardlinks): moved back instead
+        try:
+            os.rename(held, dest)
+        except OSError:
+            return False
+        return not os.path.lexists(held)  # a rename onto a lying name of the same file does nothing
     except OSError:
         return False
     temp = tmp / unique_name("back")
