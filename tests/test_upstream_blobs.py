@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import trustme
@@ -83,7 +83,7 @@ class Upstream:
                 self.wfile.write(body)
                 self.close_connection = True
 
-        with _serving(Handler, tls) as base:
+        with hostile.serving(Handler, tls) as base:
             yield base
 
 
@@ -135,7 +135,7 @@ class Proxy:
                 self.end_headers()
                 self.wfile.write(body)
 
-        with _serving(Handler) as base:
+        with hostile.serving(Handler) as base:
             yield base
 
 
@@ -146,20 +146,6 @@ def _relay(src: socket.socket, dst: socket.socket) -> None:
         dst.shutdown(socket.SHUT_WR)
     except OSError:
         pass
-
-
-@contextmanager
-def _serving(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def setup(cli: Cli, models: Models, tmp_path: Path, alter: Alter) -> tuple[Upstream, Cli]:
