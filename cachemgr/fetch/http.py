@@ -81,11 +81,23 @@ def md5_of(x_goog_hash: str | None) -> str | None:
     return None
 
 
-def make_session(settings: Settings, *, trust_env: bool = True) -> aiohttp.ClientSession:
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context with the CA bundle (``ca_bundle``, else the system's): it reads files, so
+    a coroutine builds it in a thread (``open_session``)."""
+    return ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
+
+
+async def open_session(settings: Settings, *, trust_env: bool = True) -> aiohttp.ClientSession:
+    """``make_session`` from a coroutine: the CA files are read in a thread, not on the loop."""
+    return make_session(settings, trust_env=trust_env, tls=await asyncio.to_thread(tls_context, settings))
+
+
+def make_session(settings: Settings, *, trust_env: bool = True,
+                 tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
     """The session for the origin (``trust_env``: HTTP(S)_PROXY and NO_PROXY from the environment),
     or, with ``trust_env=False``, one whose every request names its own route (upstreams: each
     attempt carries the proxy its group and ``no_proxy`` chose, or none for direct)."""
-    ctx = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
+    ctx = tls or tls_context(settings)
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
     )

@@ -13,7 +13,7 @@ from typing import Any
 from cachemgr.cluster.nodes import announce
 from cachemgr.errors import CachemgrError, OfflineMissError, StoreError, UsageError
 from cachemgr.fetch.coordinate import Claim, Coordinator
-from cachemgr.fetch.http import Fetcher, make_session
+from cachemgr.fetch.http import Fetcher, open_session
 from cachemgr.fetch.upstream import fetch_from_upstreams
 from cachemgr.fetch.upstream_groups import Failover
 from cachemgr.handles import Handle, parse_handle, with_compressed_query
@@ -89,12 +89,12 @@ class Puller:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
-    def _upstream(self) -> Any:
+    async def _upstream(self) -> Any:
         """The session for upstream requests: it never takes a proxy from the environment, so an
         attempt that ``no_proxy`` sends direct goes direct (the origin's session would use
         HTTP_PROXY there)."""
         if self._upstream_session is None:
-            self._upstream_session = make_session(self.settings, trust_env=False)
+            self._upstream_session = await open_session(self.settings, trust_env=False)
         return self._upstream_session
 
     async def aclose(self) -> None:
@@ -105,7 +105,7 @@ class Puller:
 
     async def pull_many(self, texts: list[str], refresh: bool = False) -> list[PullResult]:
         sem = asyncio.Semaphore(self.settings.concurrency)
-        session = None if self.settings.offline else make_session(self.settings)
+        session = None if self.settings.offline else await open_session(self.settings)
         try:
             async def one(text: str) -> PullResult:
                 async with sem:
@@ -164,7 +164,7 @@ class Puller:
 
     async def _fetch(self, handle: Handle, session: Any, claim: Claim) -> PullResult:
         if self.settings.upstreams:
-            ref = await fetch_from_upstreams(self.settings, self.store, self._upstream(), handle, self.failover,
+            ref = await fetch_from_upstreams(self.settings, self.store, await self._upstream(), handle, self.failover,
                                              io=self.io)
             if ref is not None:
                 return PullResult(handle.asked, "pulled", ref)

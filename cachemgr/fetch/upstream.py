@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from cachemgr.errors import CachemgrError, IntegrityError, UnsafeManifestError
+from cachemgr.fetch.http import tls_context
 from cachemgr.fetch.receive import BlobReceiver, receive
 from cachemgr.fetch.upstream_groups import Attempt, Failover
 from cachemgr.handles import Handle
@@ -177,8 +178,7 @@ async def fetch_from_upstream(
     sem = asyncio.Semaphore(4)
     tls = None
     if missing and base.startswith("https://"):  # the CA files are read in a thread, not on the loop
-        tls = await asyncio.to_thread(ssl.create_default_context,
-                                      cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
+        tls = await asyncio.to_thread(tls_context, settings)
 
     async def one(d: str) -> None:
         async with sem:

@@ -21,7 +21,7 @@ import aiohttp
 
 from cachemgr.cluster.nodes import heartbeat
 from cachemgr.errors import CachemgrError, OfflineMissError, StoreError
-from cachemgr.fetch.http import make_session
+from cachemgr.fetch.http import open_session
 from cachemgr.fetch.pull import Puller, PullResult, offline_miss
 from cachemgr.handles import Handle, parse_handle
 from cachemgr.ingest.publish import relink
@@ -120,7 +120,7 @@ class DaemonState:
         self._totals = (time.monotonic(), totals)
 
     async def start(self) -> None:
-        self.session = make_session(self.settings)
+        self.session = await open_session(self.settings)  # the CA files are read in a thread
         self.spawn(self._heartbeats())
         self.spawn(self._report_stuck())
 
