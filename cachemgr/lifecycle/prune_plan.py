@@ -222,7 +222,8 @@ def in_flight_start(scan: StoreScan, policy: PrunePolicy, now: float) -> float:
     return min([*running, *live_fetches(scan, policy, now).values()], default=float("inf"))
 
 
-def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict[str, str], set[str]]:
+def _protections(scan: StoreScan, policy: PrunePolicy, now: float,
+                 in_flight_since: float) -> tuple[dict[str, str], set[str]]:
     cutoff = now - policy.grace
     by_alias: dict[str, str] = {}
     for m in scan.models:
@@ -242,7 +243,6 @@ def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict
     referenced = {m.manifest for m in scan.models}
     unnamed_cutoff = now - max(policy.grace, policy.in_flight)
     fetching = live_fetches(scan, policy, now)
-    in_flight_since = in_flight_start(scan, policy, now)
     # Content touched since a running pull/import began may be its work, even under a ref it
     # is about to write again (an import re-publishing a model): kept, and so its model.
     roots |= {d for d, rec in scan.manifests.items()
@@ -266,7 +266,8 @@ def _protections(scan: StoreScan, policy: PrunePolicy, now: float) -> tuple[dict
 
 def plan_prune(scan: StoreScan, policy: PrunePolicy, now: float) -> PrunePlan:
     """What to delete from ``scan`` under ``policy`` at time ``now``. Pure: reads nothing else."""
-    protected, roots = _protections(scan, policy, now)
+    in_flight_since = in_flight_start(scan, policy, now)
+    protected, roots = _protections(scan, policy, now, in_flight_since)
     ledger = _Ledger(scan, roots)
     unmet: list[str] = []
     safe = scan.unreadable_refs == 0 and all(rec.readable for rec in scan.manifests.values())
@@ -341,5 +342,5 @@ def plan_prune(scan: StoreScan, policy: PrunePolicy, now: float) -> PrunePlan:
         tuple(dead_snapshots) if safe else (), tuple(dead_manifests) if safe else (),
         tuple(sorted(ledger.dead_blobs)) if safe else (), tuple(sorted(temps)),
         size_before, size_before - ledger.freed if safe else size_before, tuple(unmet), frozenset(live),
-        in_flight_start(scan, policy, now),
+        in_flight_since,
     )
